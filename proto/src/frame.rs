@@ -1,0 +1,252 @@
+//! The JSON text frames of a WebSocket session (PROTOCOL.md §1).
+//!
+//! `ServerFrame` is what herald sends; `ClientFrame` what a browser sends. Message frames
+//! are encoded through [`MessageFrame`], which borrows everything, so the hub builds the
+//! bytes of a published message exactly once and shares them among its recipients.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Where a delivered message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    User,
+    Broadcast,
+    Topic,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::User => "user",
+            Source::Broadcast => "broadcast",
+            Source::Topic => "topic",
+        }
+    }
+}
+
+/// A frame herald sends to a browser.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerFrame {
+    Welcome {
+        session: String,
+        user: String,
+        pod: String,
+        heartbeat_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replayed: Option<u64>,
+    },
+    Message {
+        id: String,
+        cursor: String,
+        source: Source,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event: Option<String>,
+        /// Owned form for readers (services, tests); herald encodes through [`MessageFrame`].
+        data: serde_json::Value,
+    },
+    Pong,
+    Subscribed {
+        topic: String,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+}
+
+impl ServerFrame {
+    pub fn error(code: &str, message: impl Into<String>) -> ServerFrame {
+        ServerFrame::Error {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The frame as JSON text. Serialising these types cannot fail (no maps with non-string
+    /// keys, no fallible `Serialize` impls), so the fallback is never taken in practice.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| String::from(r#"{"type":"error","code":"internal","message":"encoding failed"}"#))
+    }
+}
+
+/// A borrowed `message` frame: serialises to the same JSON as `ServerFrame::Message`.
+#[derive(Debug, Serialize)]
+pub struct MessageFrame<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: &'a str,
+    pub cursor: &'a str,
+    pub source: Source,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<&'a str>,
+    pub data: &'a RawValue,
+}
+
+impl<'a> MessageFrame<'a> {
+    pub fn new(id: &'a str, cursor: &'a str, source: Source, data: &'a RawValue) -> Self {
+        MessageFrame {
+            kind: "message",
+            id,
+            cursor,
+            source,
+            topic: None,
+            event: None,
+            data,
+        }
+    }
+}
+
+/// A frame a browser sends.
+#[derive(Debug, Clone)]
+pub enum ClientFrame {
+    Ping,
+    /// `data` is kept as the exact JSON text the client sent.
+    Publish {
+        event: Option<String>,
+        data: Option<Box<RawValue>>,
+    },
+    Subscribe {
+        topic: String,
+    },
+    Unsubscribe {
+        topic: String,
+    },
+}
+
+/// Why a client frame was refused; the text is safe to show the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError(pub String);
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+// A flat shape rather than `#[serde(tag)]`: an internally tagged enum buffers its content
+// and cannot hold a `RawValue`, and keeping `data` raw is what lets it pass through verbatim.
+#[derive(Deserialize)]
+struct FlatClientFrame {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    topic: Option<String>,
+}
+
+impl ClientFrame {
+    /// Parse one text frame.
+    pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+        let flat: FlatClientFrame = serde_json::from_str(text)
+            .map_err(|_| FrameError("frame is not a JSON object with a \"type\"".into()))?;
+        let topic = |t: Option<String>| {
+            t.ok_or_else(|| FrameError(format!("{} needs a \"topic\"", flat.kind)))
+        };
+        match flat.kind.as_str() {
+            "ping" => Ok(ClientFrame::Ping),
+            "publish" => Ok(ClientFrame::Publish {
+                event: flat.event,
+                data: flat.data,
+            }),
+            "subscribe" => Ok(ClientFrame::Subscribe {
+                topic: topic(flat.topic)?,
+            }),
+            "unsubscribe" => Ok(ClientFrame::Unsubscribe {
+                topic: topic(flat.topic)?,
+            }),
+            other => Err(FrameError(format!(
+                "unknown frame type {:?}",
+                other.chars().take(32).collect::<String>()
+            ))),
+        }
+    }
+}
+
+/// Error codes carried by `error` frames.
+pub mod error_code {
+    pub const BAD_FRAME: &str = "bad_frame";
+    pub const RATE_LIMITED: &str = "rate_limited";
+    pub const FORBIDDEN: &str = "forbidden";
+    pub const BAD_TOPIC: &str = "bad_topic";
+    pub const TOO_MANY_TOPICS: &str = "too_many_topics";
+    pub const UNAVAILABLE: &str = "unavailable";
+    pub const UNSUPPORTED: &str = "unsupported";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_frame_matches_the_owned_form() {
+        let data = RawValue::from_string(r#"{"a":1}"#.into()).unwrap();
+        let mut f = MessageFrame::new("m1", "c1", Source::User, &data);
+        f.event = Some("order");
+        let text = serde_json::to_string(&f).unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"message","id":"m1","cursor":"c1","source":"user","event":"order","data":{"a":1}}"#
+        );
+        let back: ServerFrame = serde_json::from_str(&text).unwrap();
+        match back {
+            ServerFrame::Message { id, event, data, .. } => {
+                assert_eq!(id, "m1");
+                assert_eq!(event.as_deref(), Some("order"));
+                assert_eq!(data, serde_json::json!({"a": 1}));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn client_frames_parse_by_type() {
+        let f = ClientFrame::parse(r#"{"type":"ping"}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Ping));
+        let f = ClientFrame::parse(r#"{"type":"publish","event":"e","data":[1, 2]}"#).unwrap();
+        match f {
+            ClientFrame::Publish { event, data } => {
+                assert_eq!(event.as_deref(), Some("e"));
+                assert_eq!(data.unwrap().get(), "[1, 2]");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(ClientFrame::parse(r#"{"type":"nope"}"#).is_err());
+        assert!(ClientFrame::parse(r#"{"type":"subscribe"}"#).is_err());
+        assert!(ClientFrame::parse("hello").is_err());
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"subscribe","topic":"a.b"}"#),
+            Ok(ClientFrame::Subscribe { topic }) if topic == "a.b"
+        ));
+    }
+
+    #[test]
+    fn welcome_omits_recovery_fields_unless_set() {
+        let w = ServerFrame::Welcome {
+            session: "s".into(),
+            user: "u".into(),
+            pod: "p".into(),
+            heartbeat_ms: 25000,
+            recovered: None,
+            replayed: None,
+        };
+        assert_eq!(
+            w.to_json(),
+            r#"{"type":"welcome","session":"s","user":"u","pod":"p","heartbeat_ms":25000}"#
+        );
+        assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
+    }
+}

@@ -1,0 +1,173 @@
+//! In-process bus for standalone mode and tests: NATS subject semantics (wildcards, queue
+//! groups, request/reply inboxes) without a network.
+//!
+//! Subscriptions are unbounded channels: the only consumer is the pod's own Subscriber
+//! actor, which drains them as fast as it hands messages on.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use futures_util::Stream;
+use tokio::sync::mpsc;
+
+use super::{subject_matches, Bus, BusError, BusMessage, Outbound, Subscription};
+
+struct Sub {
+    pattern: String,
+    queue: Option<String>,
+    tx: mpsc::UnboundedSender<BusMessage>,
+}
+
+#[derive(Default)]
+struct Inner {
+    // Exact subjects are looked up directly; only wildcard patterns are scanned, so an
+    // addressed publish costs one hash lookup however many users are subscribed.
+    exact: HashMap<String, Vec<u64>>,
+    wildcard: Vec<u64>,
+    subs: HashMap<u64, Sub>,
+    queue_turn: u64,
+}
+
+/// The in-process engine.
+#[derive(Clone, Default)]
+pub struct MemoryBus {
+    // A std Mutex: critical sections are short and never await.
+    inner: Arc<Mutex<Inner>>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl MemoryBus {
+    pub fn new() -> MemoryBus {
+        MemoryBus::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters more than stopping delivery, so recover the guard.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of live subscriptions (for tests of interest routing).
+    pub fn subscription_count(&self) -> usize {
+        self.lock().subs.len()
+    }
+
+    /// Whether some subscription matches this subject.
+    pub fn has_interest(&self, subject: &str) -> bool {
+        let inner = self.lock();
+        inner.exact.get(subject).is_some_and(|v| !v.is_empty())
+            || inner
+                .wildcard
+                .iter()
+                .any(|id| inner.subs.get(id).is_some_and(|s| subject_matches(&s.pattern, subject)))
+    }
+}
+
+struct MemorySubscription {
+    id: u64,
+    bus: MemoryBus,
+    rx: mpsc::UnboundedReceiver<BusMessage>,
+}
+
+impl Stream for MemorySubscription {
+    type Item = BusMessage;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<BusMessage>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for MemorySubscription {
+    fn drop(&mut self) {
+        let mut inner = self.bus.lock();
+        if let Some(sub) = inner.subs.remove(&self.id) {
+            if let Some(ids) = inner.exact.get_mut(&sub.pattern) {
+                ids.retain(|i| *i != self.id);
+                if ids.is_empty() {
+                    inner.exact.remove(&sub.pattern);
+                }
+            }
+            inner.wildcard.retain(|i| *i != self.id);
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for MemoryBus {
+    async fn publish(&self, msg: Outbound) -> Result<(), BusError> {
+        let mut inner = self.lock();
+        let mut targets: Vec<u64> = inner.exact.get(&msg.subject).cloned().unwrap_or_default();
+        targets.extend(
+            inner
+                .wildcard
+                .iter()
+                .copied()
+                .filter(|id| inner.subs.get(id).is_some_and(|s| subject_matches(&s.pattern, &msg.subject))),
+        );
+        // Queue groups: one member of each group gets the message, taking turns.
+        let mut groups: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut plain = Vec::new();
+        for id in targets {
+            match inner.subs.get(&id).and_then(|s| s.queue.clone()) {
+                Some(q) => groups.entry(q).or_default().push(id),
+                None => plain.push(id),
+            }
+        }
+        inner.queue_turn = inner.queue_turn.wrapping_add(1);
+        for members in groups.values() {
+            plain.push(members[(inner.queue_turn as usize) % members.len()]);
+        }
+        let delivered = BusMessage {
+            subject: msg.subject,
+            reply: msg.reply,
+            headers: msg.headers,
+            payload: msg.payload,
+        };
+        for id in plain {
+            if let Some(sub) = inner.subs.get(&id) {
+                let _ = sub.tx.send(delivered.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, subject: String, queue: Option<String>) -> Result<Subscription, BusError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut inner = self.lock();
+        if subject.split('.').any(|t| t == "*" || t == ">") {
+            inner.wildcard.push(id);
+        } else {
+            inner.exact.entry(subject.clone()).or_default().push(id);
+        }
+        inner.subs.insert(
+            id,
+            Sub {
+                pattern: subject,
+                queue,
+                tx,
+            },
+        );
+        drop(inner);
+        Ok(Box::pin(MemorySubscription {
+            id,
+            bus: self.clone(),
+            rx,
+        }))
+    }
+
+    fn new_inbox(&self) -> String {
+        format!("_INBOX.{}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn is_connected(&self) -> bool {
+        true
+    }
+
+    fn engine(&self) -> &'static str {
+        "memory"
+    }
+}

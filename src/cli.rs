@@ -1,0 +1,128 @@
+//! The `herald token` and `herald publish` subcommands, for trials, tests and scripts.
+
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use herald_proto::Subjects;
+
+use crate::auth::{now_secs, sign, Claims};
+use crate::bus::nats::NatsBus;
+use crate::bus::Bus;
+use crate::config::{PublishArgs, TokenArgs};
+use crate::http::api::{publish_message, PublishBody};
+
+/// Print a signed JWT for `--user`.
+pub fn token(args: TokenArgs) -> ExitCode {
+    if !herald_proto::is_valid_id(&args.user) {
+        eprintln!("herald token: --user must be 1 to 128 bytes of A-Z a-z 0-9 _ - =");
+        return ExitCode::from(2);
+    }
+    let pem = match args.jwt_private_key.as_ref().map(std::fs::read).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("herald token: reading --jwt-private-key: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let claims = Claims {
+        sub: args.user,
+        exp: now_secs() + args.ttl.as_secs(),
+        device: args.device,
+        topics: (!args.topics.is_empty()).then_some(args.topics),
+    };
+    match sign(&claims, args.jwt_secret.as_deref(), pem.as_deref()) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald token: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Publish one message through NATS or the HTTP API.
+pub fn publish(args: PublishArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald publish: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(publish_async(args)) {
+        Ok(id) => {
+            println!("{id}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald publish: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn publish_async(args: PublishArgs) -> Result<String, String> {
+    let data = match serde_json::from_str::<Box<serde_json::value::RawValue>>(&args.data) {
+        Ok(raw) => raw,
+        Err(_) => serde_json::value::to_raw_value(&args.data).map_err(|e| e.to_string())?,
+    };
+    let body = PublishBody {
+        user: args.user,
+        broadcast: args.broadcast,
+        topic: args.topic,
+        event: args.event,
+        data: Some(data),
+        id: args.id,
+        device: args.device,
+    };
+    if let Some(base) = args.http {
+        return publish_http(&base, args.api_key.as_deref(), &body).await;
+    }
+    if args.nats_url.is_empty() {
+        return Err("give --nats-url (HERALD_NATS_URL) or --http URL".into());
+    }
+    let subjects = Subjects::new(args.subject_prefix);
+    let (id, msg) = publish_message(body, &subjects)?;
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let bus = NatsBus::connect(&args.nats_url, "herald-cli", metrics).await.map_err(|e| e.to_string())?;
+    bus.publish(msg).await.map_err(|e| e.to_string())?;
+    bus.flush().await;
+    Ok(id)
+}
+
+/// A minimal HTTP/1.1 POST over a plain TCP connection: the CLI talks to a herald on the
+/// same network and needs no TLS stack for that.
+async fn publish_http(base: &str, api_key: Option<&str>, body: &PublishBody) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = base
+        .strip_prefix("http://")
+        .ok_or("--http takes an http:// URL (use a TLS-terminating proxy's plain address)")?;
+    let host = rest.split('/').next().unwrap_or(rest);
+    let json = serde_json::json!({
+        "user": body.user, "broadcast": body.broadcast, "topic": body.topic, "event": body.event,
+        "data": body.data, "id": body.id, "device": body.device,
+    });
+    let mut obj = json.as_object().cloned().unwrap_or_default();
+    obj.retain(|_, v| !v.is_null() && *v != serde_json::Value::Bool(false));
+    let payload = serde_json::to_vec(&obj).map_err(|e| e.to_string())?;
+    let auth = api_key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    let head = format!(
+        "POST /api/v1/publish HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        payload.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(host).await.map_err(|e| format!("connecting to {host}: {e}"))?;
+    stream.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
+    stream.write_all(&payload).await.map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split_whitespace().nth(1).unwrap_or("");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    if status != "202" {
+        return Err(format!("HTTP {status}: {}", body.trim()));
+    }
+    let v: serde_json::Value = serde_json::from_slice(Bytes::copy_from_slice(body.as_bytes()).as_ref()).map_err(|e| e.to_string())?;
+    Ok(v["id"].as_str().unwrap_or_default().to_string())
+}

@@ -1,0 +1,103 @@
+//! Cluster-wide answers for the HTTP API and presence requests: presence, stats and
+//! disconnect, gathered from every live pod over the bus.
+//!
+//! Each pod answers scatter queries on `<prefix>.ctl.query`; the asker waits for one reply
+//! per pod it believes alive, or [`QUERY_TIMEOUT`], whichever comes first, so a dead or
+//! slow pod delays an answer by at most that timeout. In standalone mode the only pod is
+//! this one and the same path runs over the in-process bus.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_proto::control::{self, Control, Query, QueryReply};
+use herald_proto::events::{PodStats, Presence, Stats};
+use herald_proto::{CloseCode, Subjects};
+
+use crate::bus::{Bus, BusError, Outbound};
+use crate::ids::UserId;
+use crate::pods::PodTable;
+
+/// Longest wait for the pods' replies to a query.
+pub const QUERY_TIMEOUT: Duration = Duration::from_millis(750);
+
+#[derive(Clone)]
+pub struct Cluster {
+    pub bus: Arc<dyn Bus>,
+    pub subjects: Subjects,
+    pub pods: Arc<PodTable>,
+}
+
+impl Cluster {
+    async fn scatter(&self, query: &Query) -> Result<Vec<QueryReply>, BusError> {
+        let replies = self
+            .bus
+            .request_many(
+                self.subjects.ctl_query(),
+                Bytes::from(control::encode(query)),
+                QUERY_TIMEOUT,
+                self.pods.live_count(),
+            )
+            .await?;
+        Ok(replies
+            .iter()
+            .filter_map(|m| control::decode::<QueryReply>(&m.payload).ok())
+            .collect())
+    }
+
+    pub async fn presence(&self, user: &UserId) -> Result<Presence, BusError> {
+        let replies = self.scatter(&Query::Presence { user: user.to_string() }).await?;
+        let mut sessions = 0;
+        let mut pods = Vec::new();
+        for r in replies {
+            if let QueryReply::Presence { pod, sessions: n } = r {
+                if n > 0 {
+                    sessions += n;
+                    pods.push(pod);
+                }
+            }
+        }
+        pods.sort();
+        pods.dedup();
+        Ok(Presence {
+            user: user.to_string(),
+            online: sessions > 0,
+            sessions,
+            pods,
+        })
+    }
+
+    pub async fn stats(&self) -> Result<Stats, BusError> {
+        let mut pods: Vec<PodStats> = self
+            .scatter(&Query::Stats)
+            .await?
+            .into_iter()
+            .filter_map(|r| match r {
+                QueryReply::Stats { pod, connections, users } => Some(PodStats { pod, connections, users }),
+                _ => None,
+            })
+            .collect();
+        pods.sort_by(|a, b| a.pod.cmp(&b.pod));
+        pods.dedup_by(|a, b| a.pod == b.pod);
+        Ok(Stats {
+            connections: pods.iter().map(|p| p.connections).sum(),
+            users: pods.iter().map(|p| p.users).sum(),
+            pods,
+        })
+    }
+
+    /// Close every session of the user, on every pod, with 4004.
+    pub async fn disconnect(&self, user: &UserId) -> Result<(), BusError> {
+        let kick = Control::Kick {
+            user: user.to_string(),
+            device: None,
+            except: None,
+            code: CloseCode::Disconnected.code(),
+            // Not this pod's name: this pod must act on its own kick too.
+            from_pod: String::new(),
+        };
+        self.bus
+            .publish(Outbound::new(self.subjects.ctl_all(), control::encode(&kick)))
+            .await
+    }
+}

@@ -1,0 +1,204 @@
+//! `/api/v1/*` for services and operators: publish, presence, stats, disconnect. Every
+//! route needs the API key (or an open API on a loopback-bound hub without a key).
+//! Errors are JSON `{"error": "..."}` with a status that says whose fault it is.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use herald_proto::{Subjects, HEADER_DEVICE, HEADER_EVENT, HEADER_MSG_ID};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::AppState;
+use crate::bus::Outbound;
+use crate::ids::{DeviceId, UserId};
+use crate::message::new_message_id;
+
+fn error(status: actix_web::http::StatusCode, message: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(status).json(serde_json::json!({ "error": message.into() }))
+}
+
+fn bad_request(message: impl Into<String>) -> HttpResponse {
+    error(actix_web::http::StatusCode::BAD_REQUEST, message)
+}
+
+fn unavailable(e: impl std::fmt::Display) -> HttpResponse {
+    error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+/// `Err(response)` unless the caller may use the API.
+fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), HttpResponse> {
+    let Some(key) = &state.api_key else {
+        return if state.api_open {
+            Ok(())
+        } else {
+            Err(error(
+                actix_web::http::StatusCode::UNAUTHORIZED,
+                "API disabled: no API key configured and not bound to loopback",
+            ))
+        };
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
+        Ok(())
+    } else {
+        Err(error(actix_web::http::StatusCode::UNAUTHORIZED, "missing or wrong API key"))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBody {
+    pub user: Option<String>,
+    #[serde(default)]
+    pub broadcast: bool,
+    pub topic: Option<String>,
+    pub event: Option<String>,
+    pub data: Option<Box<RawValue>>,
+    pub id: Option<String>,
+    pub device: Option<String>,
+}
+
+/// Turn a publish body into the bus message a service would have sent over NATS.
+pub fn publish_message(body: PublishBody, subjects: &Subjects) -> Result<(String, Outbound), String> {
+    let subject = match (&body.user, body.broadcast, &body.topic) {
+        (Some(u), false, None) => {
+            let user = UserId::parse(u).map_err(|e| format!("user: {e}"))?;
+            subjects.user(user.as_str())
+        }
+        (None, true, None) => {
+            if body.device.is_some() {
+                return Err("device applies to user messages only".into());
+            }
+            subjects.broadcast()
+        }
+        (None, false, Some(t)) => {
+            if !herald_proto::is_valid_topic(t) {
+                return Err("topic: 1 to 8 dot-separated tokens of A-Z a-z 0-9 _ - =, each 1 to 64 bytes".into());
+            }
+            subjects.topic(t)
+        }
+        _ => return Err("give exactly one of \"user\", \"broadcast\": true, or \"topic\"".into()),
+    };
+    let id = match body.id {
+        Some(id) if id.is_empty() || id.len() > 256 => return Err("id: 1 to 256 bytes".into()),
+        Some(id) => id,
+        None => new_message_id(),
+    };
+    let payload = body.data.map_or_else(|| Bytes::from_static(b"null"), |d| Bytes::from(String::from(Box::<str>::from(d))));
+    let mut msg = Outbound::new(subject, payload).header(HEADER_MSG_ID, id.clone());
+    if let Some(event) = body.event {
+        msg = msg.header(HEADER_EVENT, event);
+    }
+    if let Some(d) = body.device {
+        let d = DeviceId::parse(&d).map_err(|e| format!("device: {e}"))?;
+        msg = msg.header(HEADER_DEVICE, d.to_string());
+    }
+    Ok((id, msg))
+}
+
+pub async fn publish(req: HttpRequest, body: Bytes, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return r;
+    }
+    let body: PublishBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return bad_request(format!("body is not a valid publish request: {e}")),
+    };
+    let (id, msg) = match publish_message(body, &state.cluster.subjects) {
+        Ok(m) => m,
+        Err(e) => return bad_request(e),
+    };
+    match state.bus.publish(msg).await {
+        Ok(()) => HttpResponse::Accepted().json(serde_json::json!({ "id": id })),
+        Err(e) => unavailable(e),
+    }
+}
+
+fn user_of(path: &str) -> Result<UserId, HttpResponse> {
+    UserId::parse(path).map_err(|e| bad_request(format!("bad user id: {e}")))
+}
+
+pub async fn presence(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return r;
+    }
+    let user = match user_of(&path) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match state.cluster.presence(&user).await {
+        Ok(p) => HttpResponse::Ok().json(p),
+        Err(e) => unavailable(e),
+    }
+}
+
+pub async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return r;
+    }
+    match state.cluster.stats().await {
+        Ok(s) => HttpResponse::Ok().json(s),
+        Err(e) => unavailable(e),
+    }
+}
+
+pub async fn disconnect(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return r;
+    }
+    let user = match user_of(&path) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match state.cluster.disconnect(&user).await {
+        Ok(()) => HttpResponse::Accepted().json(serde_json::json!({ "user": user.to_string() })),
+        Err(e) => unavailable(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: &str) -> PublishBody {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn publish_bodies_map_to_subjects_and_headers() {
+        let s = Subjects::default();
+        let (id, m) = publish_message(body(r#"{"user":"u1","event":"order","data":{"a":1},"id":"x1"}"#), &s).unwrap();
+        assert_eq!(id, "x1");
+        assert_eq!(m.subject, "herald.user.u1");
+        assert_eq!(&m.payload[..], br#"{"a":1}"#);
+        assert!(m.headers.contains(&(HEADER_EVENT.into(), "order".into())));
+        let (_, m) = publish_message(body(r#"{"broadcast":true,"data":"hi"}"#), &s).unwrap();
+        assert_eq!(m.subject, "herald.broadcast");
+        assert_eq!(&m.payload[..], br#""hi""#);
+    }
+
+    #[test]
+    fn bad_publish_bodies_say_why() {
+        let s = Subjects::default();
+        for (json, needle) in [
+            (r#"{"data":1}"#, "exactly one"),
+            (r#"{"user":"u1","broadcast":true}"#, "exactly one"),
+            (r#"{"user":"u.1"}"#, "user:"),
+            (r#"{"topic":"a..b"}"#, "topic:"),
+            (r#"{"broadcast":true,"device":"d"}"#, "device"),
+        ] {
+            let err = publish_message(body(json), &s).unwrap_err();
+            assert!(err.contains(needle), "{json}: {err}");
+        }
+    }
+}

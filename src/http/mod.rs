@@ -1,0 +1,66 @@
+//! HTTP surface: the route table in one place, the state handlers share, and access logs
+//! that never show a query string (tokens travel there).
+
+pub mod api;
+pub mod demo;
+pub mod health;
+pub mod ws;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::middleware::Logger;
+use actix_web::web;
+
+use crate::auth::AuthConfig;
+use crate::bus::Bus;
+use crate::cluster::Cluster;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::session::SessionShared;
+
+/// State shared by every handler on every worker.
+pub struct AppState {
+    pub registry: Addr<Registry>,
+    pub bus: Arc<dyn Bus>,
+    pub cluster: Cluster,
+    pub auth: AuthConfig,
+    pub api_key: Option<String>,
+    /// No API key and bound to loopback: the API is open to local callers.
+    pub api_open: bool,
+    pub metrics: Arc<Metrics>,
+    pub session: Arc<SessionShared>,
+    pub draining: Arc<AtomicBool>,
+    pub next_session: AtomicU64,
+}
+
+impl AppState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Every route herald serves.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/websocket/{user}", web::get().to(ws::upgrade))
+        .route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(health::metrics))
+        .route("/demo", web::get().to(demo::index_redirect))
+        .route("/demo/{file:.*}", web::get().to(demo::file))
+        .service(
+            web::scope("/api/v1")
+                .route("/publish", web::post().to(api::publish))
+                .route("/presence/{user}", web::get().to(api::presence))
+                .route("/stats", web::get().to(api::stats))
+                .route("/users/{user}/disconnect", web::post().to(api::disconnect)),
+        );
+}
+
+/// Access log: method, path without the query string, status, time.
+pub fn access_log() -> Logger {
+    Logger::new("%a \"%{route}xi\" %s %Dms")
+        .custom_request_replace("route", |req| format!("{} {}", req.method(), req.path()))
+        .log_target("herald::access")
+}

@@ -1,0 +1,34 @@
+//! Herald: a realtime push hub. Browsers hold WebSocket sessions; services publish to NATS
+//! subjects (or the HTTP API) and herald delivers to the right sessions on the right pods.
+//!
+//! # Layout
+//! - [`config`]: flags and `HERALD_*` variables, validated once.
+//! - [`server`]: builds a pod (bus, actors, HTTP) and runs it until drained.
+//! - [`session`]: Session actor, one per WebSocket connection.
+//! - [`registry`]: Registry actor, owner of session state (index, limits, takeover,
+//!   eviction, presence, fan-out, drain); [`registry::index`] is its state as plain data.
+//! - [`subscriber`]: Subscriber actor, owner of the pod's bus subscriptions.
+//! - [`bus`]: the `Bus` seam and its engines (`memory`, `nats`).
+//! - [`cluster`]: cluster-wide presence, stats and disconnect; [`pods`]: live pod table.
+//! - [`auth`]: token extraction and JWT verification; [`ids`]: validated ids.
+//! - [`message`]: a published message and its frame, encoded once.
+//! - [`http`]: routes and handlers; [`metrics`]: Prometheus metrics.
+//! - [`cli`]: the `token` and `publish` subcommands.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod bus;
+pub mod cli;
+pub mod clock;
+pub mod cluster;
+pub mod config;
+pub mod http;
+pub mod ids;
+pub mod message;
+pub mod metrics;
+pub mod pods;
+pub mod registry;
+pub mod server;
+pub mod session;
+pub mod subscriber;

@@ -1,0 +1,54 @@
+//! The `herald` binary: parse the configuration, set up logging, run the chosen command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use herald::config::{Cli, Command, Config, LogFormat};
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token(args)) => herald::cli::token(args),
+        Some(Command::Publish(args)) => herald::cli::publish(args),
+        Some(Command::Serve(args)) => serve(args),
+        None => serve(cli.serve),
+    }
+}
+
+fn serve(args: herald::config::ServeArgs) -> ExitCode {
+    let config = match Config::from_args(args) {
+        Ok(c) => c,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("herald: {p}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(config.log_format);
+    let listener = match std::net::TcpListener::bind(config.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("herald: cannot listen on {}: {e}", config.listen);
+            return ExitCode::from(1);
+        }
+    };
+    let result = actix_web::rt::System::new().block_on(herald::server::run(config, listener));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

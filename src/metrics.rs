@@ -1,0 +1,159 @@
+//! Prometheus metrics: one registry, every name prefixed `herald_`, exposed on /metrics.
+//!
+//! Hot paths increment per message or per fan-out batch, never per recipient lookup, so a
+//! broadcast to many sessions costs a handful of atomic adds here.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum SourceLabel {
+    user,
+    broadcast,
+    topic,
+    upstream,
+}
+
+impl From<herald_proto::frame::Source> for SourceLabel {
+    fn from(s: herald_proto::frame::Source) -> Self {
+        match s {
+            herald_proto::frame::Source::User => SourceLabel::user,
+            herald_proto::frame::Source::Broadcast => SourceLabel::broadcast,
+            herald_proto::frame::Source::Topic => SourceLabel::topic,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: SourceLabel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabels {
+    pub map: &'static str,
+}
+
+/// Every metric herald exports.
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Gauge,
+    pub users: Gauge,
+    pub messages_in: Family<SourceLabels, Counter>,
+    pub messages_out: Family<SourceLabels, Counter>,
+    pub bytes_out: Counter,
+    pub closes: Family<CodeLabels, Counter>,
+    pub handshake_refusals: Family<StatusLabels, Counter>,
+    pub delivery_latency: Histogram,
+    pub bus_connected: Gauge,
+    pub draining: Gauge,
+    pub bad_frames: Counter,
+    pub registry_entries: Family<MapLabels, Gauge>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("herald");
+        let m = Metrics {
+            connections: Gauge::default(),
+            users: Gauge::default(),
+            messages_in: Family::default(),
+            messages_out: Family::default(),
+            bytes_out: Counter::default(),
+            closes: Family::default(),
+            handshake_refusals: Family::default(),
+            // 50 µs .. ~1.6 s
+            delivery_latency: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            bus_connected: Gauge::default(),
+            draining: Gauge::default(),
+            bad_frames: Counter::default(),
+            registry_entries: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("connections", "Open WebSocket sessions on this pod", m.connections.clone());
+        registry.register("users", "Distinct users with a session on this pod", m.users.clone());
+        registry.register(
+            "messages_in",
+            "Messages received for delivery, by source (upstream = client publish frames)",
+            m.messages_in.clone(),
+        );
+        registry.register("messages_out", "Message frames queued to sessions, by source", m.messages_out.clone());
+        registry.register("bytes_out", "Bytes of message frames queued to sessions", m.bytes_out.clone());
+        registry.register("closes", "Sessions closed, by close code", m.closes.clone());
+        registry.register(
+            "handshake_refusals",
+            "WebSocket handshakes refused, by HTTP status",
+            m.handshake_refusals.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "From a message reaching this pod to its frame being queued to every local recipient",
+            m.delivery_latency.clone(),
+        );
+        registry.register("bus_connected", "1 when the message bus is connected", m.bus_connected.clone());
+        registry.register("draining", "1 while the pod drains", m.draining.clone());
+        registry.register("bad_frames", "Client frames refused as malformed", m.bad_frames.clone());
+        registry.register(
+            "registry_entries",
+            "Entries in the registry's indexes (sessions, users, devices, takeover history)",
+            m.registry_entries.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn closed(&self, code: u16) {
+        self.closes.get_or_create(&CodeLabels { code }).inc();
+    }
+
+    pub fn refused(&self, status: u16) {
+        self.handshake_refusals.get_or_create(&StatusLabels { status }).inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_starts_with_herald() {
+        let m = Metrics::new();
+        m.closed(4001);
+        m.refused(401);
+        m.messages_out.get_or_create(&SourceLabels { source: SourceLabel::broadcast }).inc_by(3);
+        let text = m.render();
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            assert!(line.starts_with("herald_"), "{line}");
+        }
+        assert!(text.contains("herald_closes_total{code=\"4001\"} 1"), "{text}");
+        assert!(text.contains("herald_messages_out_total{source=\"broadcast\"} 3"), "{text}");
+    }
+}

@@ -1,0 +1,345 @@
+//! The Registry's state as plain data: sessions, the user and device indexes, takeover
+//! history and the limits, with time passed in so unit tests control it.
+//!
+//! Invariants: every session id in `users` and `devices` is in `sessions`; a user key
+//! exists only while it has at least one session; takeover history holds only entries
+//! younger than the takeover window (pruned by [`Index::sweep`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_proto::CloseCode;
+
+use crate::ids::{DeviceId, SessionId, UserId};
+
+/// More than this many takeovers of one device within [`TAKEOVER_WINDOW`] → 429.
+pub const MAX_TAKEOVERS: usize = 3;
+pub const TAKEOVER_WINDOW: Duration = Duration::from_secs(10);
+
+/// One attached session. `H` is how the actor reaches it (an `Addr` in production, a
+/// plain value in tests).
+#[derive(Debug)]
+pub struct Entry<H> {
+    pub user: UserId,
+    pub device: Option<DeviceId>,
+    pub handle: H,
+    /// Milliseconds (process clock) of the last sign of life, written by the session.
+    pub last_seen: Arc<AtomicU64>,
+    /// Token expiry, seconds since the epoch.
+    pub expires_at: Option<u64>,
+}
+
+/// Why a connection is refused before the upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Draining,
+    PodFull,
+    TooManySessions,
+    TooManyTakeovers,
+}
+
+impl Refusal {
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::Draining | Refusal::PodFull => 503,
+            Refusal::TooManySessions | Refusal::TooManyTakeovers => 429,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Draining => "pod is draining",
+            Refusal::PodFull => "pod is at its connection limit",
+            Refusal::TooManySessions => "too many sessions for this user",
+            Refusal::TooManyTakeovers => "too many takeovers of this device",
+        }
+    }
+}
+
+/// What admitting a session implies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// The local session of the same user and device that the new one replaces.
+    pub replaces: Option<SessionId>,
+}
+
+/// Result of removing a session.
+#[derive(Debug)]
+pub struct Removed<H> {
+    pub entry: Entry<H>,
+    /// The user has no session left on this pod.
+    pub last_of_user: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_sessions_per_user: usize,
+    pub idle_timeout: Duration,
+}
+
+/// Sessions and their indexes.
+#[derive(Debug)]
+pub struct Index<H> {
+    limits: Limits,
+    sessions: HashMap<SessionId, Entry<H>>,
+    users: HashMap<UserId, Vec<SessionId>>,
+    devices: HashMap<(UserId, DeviceId), SessionId>,
+    takeovers: HashMap<(UserId, DeviceId), VecDeque<Instant>>,
+}
+
+impl<H> Index<H> {
+    pub fn new(limits: Limits) -> Self {
+        Index {
+            limits,
+            sessions: HashMap::new(),
+            users: HashMap::new(),
+            devices: HashMap::new(),
+            takeovers: HashMap::new(),
+        }
+    }
+
+    /// Decide whether a new session may attach, without changing anything.
+    pub fn admit(&self, user: &UserId, device: Option<&DeviceId>, now: Instant) -> Result<Admission, Refusal> {
+        let replaces = device.and_then(|d| self.devices.get(&(user.clone(), d.clone())).copied());
+        if let Some(d) = device {
+            if self.recent_takeovers(user, d, now) >= MAX_TAKEOVERS {
+                return Err(Refusal::TooManyTakeovers);
+            }
+        }
+        let net_new = usize::from(replaces.is_none());
+        if self.sessions.len() + net_new > self.limits.max_connections {
+            return Err(Refusal::PodFull);
+        }
+        let of_user = self.users.get(user).map_or(0, Vec::len);
+        if of_user + net_new > self.limits.max_sessions_per_user {
+            return Err(Refusal::TooManySessions);
+        }
+        Ok(Admission { replaces })
+    }
+
+    /// Takeovers of this device still inside the window.
+    pub fn recent_takeovers(&self, user: &UserId, device: &DeviceId, now: Instant) -> usize {
+        self.takeovers
+            .get(&(user.clone(), device.clone()))
+            .map_or(0, |h| h.iter().filter(|t| now.duration_since(**t) < TAKEOVER_WINDOW).count())
+    }
+
+    /// Count a takeover of this device (local, or announced by another pod).
+    pub fn record_takeover(&mut self, user: &UserId, device: &DeviceId, now: Instant) {
+        let history = self.takeovers.entry((user.clone(), device.clone())).or_default();
+        history.push_back(now);
+        while history.len() > MAX_TAKEOVERS + 1 {
+            history.pop_front();
+        }
+    }
+
+    /// Insert an admitted session. Returns true when it is the user's first on this pod.
+    pub fn insert(&mut self, id: SessionId, entry: Entry<H>) -> bool {
+        let user = entry.user.clone();
+        if let Some(d) = &entry.device {
+            self.devices.insert((user.clone(), d.clone()), id);
+        }
+        self.sessions.insert(id, entry);
+        let list = self.users.entry(user).or_default();
+        list.push(id);
+        list.len() == 1
+    }
+
+    /// Remove a session; `None` when it is not (or no longer) attached.
+    pub fn remove(&mut self, id: SessionId) -> Option<Removed<H>> {
+        let entry = self.sessions.remove(&id)?;
+        if let Some(d) = &entry.device {
+            let key = (entry.user.clone(), d.clone());
+            if self.devices.get(&key) == Some(&id) {
+                self.devices.remove(&key);
+            }
+        }
+        let mut last_of_user = false;
+        if let Some(list) = self.users.get_mut(&entry.user) {
+            list.retain(|s| *s != id);
+            if list.is_empty() {
+                self.users.remove(&entry.user);
+                last_of_user = true;
+            }
+        }
+        Some(Removed { entry, last_of_user })
+    }
+
+    pub fn get(&self, id: SessionId) -> Option<&Entry<H>> {
+        self.sessions.get(&id)
+    }
+
+    /// Sessions of a user, optionally only those opened with `device`.
+    pub fn of_user<'a>(&'a self, user: &UserId, device: Option<&'a DeviceId>) -> impl Iterator<Item = (SessionId, &'a Entry<H>)> + 'a {
+        self.users
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(move |id| self.sessions.get(id).map(|e| (*id, e)))
+            .filter(move |(_, e)| device.is_none() || e.device.as_ref() == device)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = (SessionId, &Entry<H>)> {
+        self.sessions.iter().map(|(id, e)| (*id, e))
+    }
+
+    pub fn connections(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn users(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Sizes of every map, to prove nothing is left behind.
+    pub fn sizes(&self) -> [(&'static str, usize); 4] {
+        [
+            ("sessions", self.sessions.len()),
+            ("users", self.users.len()),
+            ("devices", self.devices.len()),
+            ("takeovers", self.takeovers.len()),
+        ]
+    }
+
+    /// Sessions to close now: silent past the idle timeout (4002) or with an expired token
+    /// (4003). Also forgets takeover history older than the window.
+    pub fn sweep(&mut self, now: Instant, now_ms: u64, now_secs: u64) -> Vec<(SessionId, CloseCode)> {
+        self.takeovers.retain(|_, h| {
+            while h.front().is_some_and(|t| now.duration_since(*t) >= TAKEOVER_WINDOW) {
+                h.pop_front();
+            }
+            !h.is_empty()
+        });
+        let idle_ms = self.limits.idle_timeout.as_millis() as u64;
+        self.sessions
+            .iter()
+            .filter_map(|(id, e)| {
+                if e.expires_at.is_some_and(|exp| now_secs >= exp) {
+                    Some((*id, CloseCode::TokenExpired))
+                } else if now_ms.saturating_sub(e.last_seen.load(Ordering::Relaxed)) >= idle_ms {
+                    Some((*id, CloseCode::Idle))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_connections: 4,
+            max_sessions_per_user: 2,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn entry(user: &str, device: Option<&str>, last_seen: u64) -> Entry<()> {
+        Entry {
+            user: UserId::parse(user).unwrap(),
+            device: device.map(|d| DeviceId::parse(d).unwrap()),
+            handle: (),
+            last_seen: Arc::new(AtomicU64::new(last_seen)),
+            expires_at: None,
+        }
+    }
+
+    fn u(s: &str) -> UserId {
+        UserId::parse(s).unwrap()
+    }
+
+    fn d(s: &str) -> DeviceId {
+        DeviceId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn per_user_and_per_pod_limits_refuse_with_their_status() {
+        let mut idx = Index::new(limits());
+        let now = Instant::now();
+        idx.insert(SessionId::new(1), entry("a", None, 0));
+        idx.insert(SessionId::new(2), entry("a", None, 0));
+        assert_eq!(idx.admit(&u("a"), None, now), Err(Refusal::TooManySessions));
+        assert_eq!(Refusal::TooManySessions.status(), 429);
+        idx.insert(SessionId::new(3), entry("b", None, 0));
+        idx.insert(SessionId::new(4), entry("c", None, 0));
+        assert_eq!(idx.admit(&u("d"), None, now), Err(Refusal::PodFull));
+        assert_eq!(Refusal::PodFull.status(), 503);
+    }
+
+    #[test]
+    fn same_device_is_a_takeover_and_does_not_count_against_limits() {
+        let mut idx = Index::new(limits());
+        let now = Instant::now();
+        idx.insert(SessionId::new(1), entry("a", Some("p"), 0));
+        idx.insert(SessionId::new(2), entry("a", None, 0));
+        let adm = idx.admit(&u("a"), Some(&d("p")), now).unwrap();
+        assert_eq!(adm.replaces, Some(SessionId::new(1)));
+        assert_eq!(idx.admit(&u("a"), Some(&d("q")), now), Err(Refusal::TooManySessions));
+    }
+
+    #[test]
+    fn takeover_limit_holds_inside_the_window_and_lifts_after_it() {
+        let mut idx: Index<()> = Index::new(limits());
+        let t0 = Instant::now();
+        for i in 0..3 {
+            assert!(idx.admit(&u("a"), Some(&d("p")), t0 + Duration::from_secs(i)).is_ok());
+            idx.record_takeover(&u("a"), &d("p"), t0 + Duration::from_secs(i));
+        }
+        let t = t0 + Duration::from_secs(3);
+        assert_eq!(idx.admit(&u("a"), Some(&d("p")), t), Err(Refusal::TooManyTakeovers));
+        // Another device of the same user is unaffected.
+        assert!(idx.admit(&u("a"), Some(&d("q")), t).is_ok());
+        // Once the first takeover is 10 s old, one more is allowed.
+        assert!(idx.admit(&u("a"), Some(&d("p")), t0 + TAKEOVER_WINDOW).is_ok());
+        // The sweep forgets history older than the window.
+        idx.sweep(t0 + Duration::from_secs(13), 0, 0);
+        assert_eq!(idx.sizes()[3], ("takeovers", 0));
+    }
+
+    #[test]
+    fn sweep_finds_idle_and_expired_sessions() {
+        let mut idx = Index::new(limits());
+        let now = Instant::now();
+        idx.insert(SessionId::new(1), entry("a", None, 1_000));
+        idx.insert(SessionId::new(2), entry("b", None, 50_000));
+        let mut e = entry("c", None, 60_000);
+        e.expires_at = Some(100);
+        idx.insert(SessionId::new(3), e);
+        let mut found = idx.sweep(now, 61_000, 100);
+        found.sort();
+        assert_eq!(
+            found,
+            vec![(SessionId::new(1), CloseCode::Idle), (SessionId::new(3), CloseCode::TokenExpired)]
+        );
+        assert!(idx.sweep(now, 61_000, 99).len() == 1);
+    }
+
+    #[test]
+    fn removal_cleans_every_index() {
+        let mut idx = Index::new(limits());
+        assert!(idx.insert(SessionId::new(1), entry("a", Some("p"), 0)));
+        assert!(!idx.insert(SessionId::new(2), entry("a", None, 0)));
+        assert!(!idx.remove(SessionId::new(1)).unwrap().last_of_user);
+        assert!(idx.remove(SessionId::new(1)).is_none());
+        assert!(idx.remove(SessionId::new(2)).unwrap().last_of_user);
+        assert!(idx.sizes().iter().all(|(_, n)| *n == 0), "{:?}", idx.sizes());
+    }
+
+    #[test]
+    fn device_index_keeps_the_newest_session() {
+        let mut idx = Index::new(limits());
+        idx.insert(SessionId::new(1), entry("a", Some("p"), 0));
+        idx.insert(SessionId::new(2), entry("a", Some("p"), 0));
+        // Removing the replaced session must not drop the newer one's device entry.
+        idx.remove(SessionId::new(1));
+        let now = Instant::now();
+        assert_eq!(idx.admit(&u("a"), Some(&d("p")), now).unwrap().replaces, Some(SessionId::new(2)));
+    }
+}

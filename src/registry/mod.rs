@@ -1,0 +1,452 @@
+//! Registry actor: the pod's single owner of session state. It attaches and detaches
+//! sessions, keeps the user and device indexes, enforces limits and takeovers, evicts idle
+//! and expired sessions, answers local presence, fans messages out and drains the pod.
+//!
+//! Lifecycle: a session is attached before its WebSocket upgrade completes (so refusals
+//! are plain HTTP) and leaves the index either when it reports `Detach` or, for closes
+//! the Registry decides (eviction, takeover, kick, drain), at once — a session whose
+//! socket no longer drains cannot keep itself registered.
+
+pub mod index;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use herald_proto::control::Control;
+use herald_proto::events::PresenceEvent;
+use herald_proto::{CloseCode, Subjects};
+use tokio::sync::oneshot;
+
+use crate::auth::Identity;
+use crate::bus::{Bus, Outbound};
+use crate::ids::{DeviceId, SessionId, UserId};
+use crate::message::{Delivery, Target};
+use crate::metrics::{MapLabels, Metrics, SourceLabel, SourceLabels};
+use crate::session::{Close, Push, Session};
+use crate::subscriber::{AwaitInterest, Interest, Subscriber};
+pub use index::{Entry, Index, Limits, Refusal};
+
+/// How often the sweep looks for idle and expired sessions, at most.
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Drain closes sessions in slices this often.
+const DRAIN_TICK: Duration = Duration::from_millis(50);
+
+/// Everything the Registry needs from the rest of the pod.
+pub struct RegistryDeps {
+    pub limits: Limits,
+    pub bus: Arc<dyn Bus>,
+    pub subjects: Subjects,
+    pub pod: String,
+    pub metrics: Arc<Metrics>,
+    /// Other pods may exist: announce takeovers on the control subject.
+    pub clustered: bool,
+}
+
+pub struct Registry {
+    index: Index<Addr<Session>>,
+    deps: RegistryDeps,
+    subscriber: Option<Addr<Subscriber>>,
+    draining: bool,
+    drain: Option<DrainState>,
+}
+
+struct DrainState {
+    pending: Vec<SessionId>,
+    total: usize,
+    started: Instant,
+    window: Duration,
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Registry {
+    pub fn new(deps: RegistryDeps) -> Registry {
+        Registry {
+            index: Index::new(deps.limits),
+            deps,
+            subscriber: None,
+            draining: false,
+            drain: None,
+        }
+    }
+
+    fn user_subject(&self, user: &UserId) -> String {
+        self.deps.subjects.user(user.as_str())
+    }
+
+    fn update_gauges(&self) {
+        self.deps.metrics.connections.set(self.index.connections() as i64);
+        self.deps.metrics.users.set(self.index.users() as i64);
+    }
+
+    fn publish(&self, msg: Outbound) {
+        let bus = self.deps.bus.clone();
+        actix::spawn(async move {
+            if let Err(e) = bus.publish(msg).await {
+                tracing::debug!(error = %e, "event not published");
+            }
+        });
+    }
+
+    fn presence_event(&self, user: &UserId, session: SessionId, device: Option<&DeviceId>, reason: Option<&str>) {
+        let event = PresenceEvent {
+            user: user.to_string(),
+            event: if reason.is_some() { "disconnect" } else { "connect" }.to_string(),
+            session: session.to_string(),
+            device: device.map(|d| d.to_string()),
+            pod: self.deps.pod.clone(),
+            reason: reason.map(str::to_string),
+            at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        };
+        let payload = serde_json::to_vec(&event).unwrap_or_default();
+        self.publish(Outbound::new(self.deps.subjects.presence_event(user.as_str()), payload));
+    }
+
+    /// Remove a session from every index and tell whoever needs to know.
+    fn forget(&mut self, id: SessionId, reason: &str) -> Option<Entry<Addr<Session>>> {
+        let removed = self.index.remove(id)?;
+        let entry = removed.entry;
+        if removed.last_of_user {
+            if let Some(sub) = &self.subscriber {
+                sub.do_send(Interest::Remove(self.user_subject(&entry.user)));
+            }
+        }
+        self.presence_event(&entry.user, id, entry.device.as_ref(), Some(reason));
+        self.update_gauges();
+        self.check_drained();
+        Some(entry)
+    }
+
+    /// Close a session the Registry decided to end, and forget it now.
+    fn close(&mut self, id: SessionId, code: CloseCode) {
+        if let Some(entry) = self.forget(id, code.reason()) {
+            entry.handle.do_send(Close(code));
+        }
+    }
+
+    fn sweep(&mut self) {
+        let now_ms = crate::clock::now_ms();
+        let found = self.index.sweep(Instant::now(), now_ms, crate::auth::now_secs());
+        for (id, code) in found {
+            tracing::debug!(session = %id, code = code.code(), "evicting");
+            self.close(id, code);
+        }
+        for (map, n) in self.index.sizes() {
+            self.deps.metrics.registry_entries.get_or_create(&MapLabels { map }).set(n as i64);
+        }
+    }
+
+    fn drain_tick(&mut self) {
+        let Some(drain) = self.drain.as_mut() else { return };
+        let elapsed = drain.started.elapsed();
+        let due = if drain.window.is_zero() || elapsed >= drain.window {
+            drain.total
+        } else {
+            // Spread evenly: by time t, t/window of the sessions are closed.
+            ((drain.total as f64) * elapsed.as_secs_f64() / drain.window.as_secs_f64()).ceil() as usize
+        };
+        let closed = drain.total - drain.pending.len();
+        let take = due.saturating_sub(closed).min(drain.pending.len());
+        let batch: Vec<SessionId> = drain.pending.drain(..take).collect();
+        for id in batch {
+            self.close(id, CloseCode::Restart);
+        }
+        self.check_drained();
+    }
+
+    fn check_drained(&mut self) {
+        let done = self
+            .drain
+            .as_ref()
+            .is_some_and(|d| d.pending.is_empty() && self.index.connections() == 0);
+        if done {
+            if let Some(d) = self.drain.take() {
+                tracing::info!(sessions = d.total, took_ms = d.started.elapsed().as_millis() as u64, "drain complete");
+                for w in d.waiters {
+                    let _ = w.send(());
+                }
+            }
+        }
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let every = (self.deps.limits.idle_timeout / 4).clamp(Duration::from_millis(50), MAX_SWEEP_INTERVAL);
+        ctx.run_interval(every, |act, _| act.sweep());
+        ctx.run_interval(DRAIN_TICK, |act, _| act.drain_tick());
+    }
+}
+
+/// Connect the Registry to the pod's Subscriber (they reference each other).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetSubscriber(pub Addr<Subscriber>);
+
+impl Handler<SetSubscriber> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: SetSubscriber, _: &mut Context<Self>) {
+        self.subscriber = Some(msg.0);
+    }
+}
+
+/// Attach a new session. Resolves once messages for its user reach this pod, so a
+/// welcome sent after it never precedes lost messages.
+#[derive(Message)]
+#[rtype(result = "Result<(), Refusal>")]
+pub struct Attach {
+    pub id: SessionId,
+    pub identity: Identity,
+    pub session: Addr<Session>,
+    pub last_seen: Arc<AtomicU64>,
+}
+
+impl Handler<Attach> for Registry {
+    type Result = ResponseFuture<Result<(), Refusal>>;
+
+    fn handle(&mut self, msg: Attach, _: &mut Context<Self>) -> Self::Result {
+        if self.draining {
+            return Box::pin(async { Err(Refusal::Draining) });
+        }
+        let now = Instant::now();
+        let Identity { user, device, expires_at, .. } = msg.identity;
+        let admission = match self.index.admit(&user, device.as_ref(), now) {
+            Ok(a) => a,
+            Err(r) => return Box::pin(async move { Err(r) }),
+        };
+        if let (Some(old), Some(d)) = (admission.replaces, device.as_ref()) {
+            self.close(old, CloseCode::Replaced);
+            self.index.record_takeover(&user, d, now);
+            if self.deps.clustered {
+                self.announce(Control::Replaced {
+                    user: user.to_string(),
+                    device: d.to_string(),
+                    from_pod: self.deps.pod.clone(),
+                });
+            }
+        }
+        if let (Some(d), true) = (device.as_ref(), self.deps.clustered) {
+            // The same device may be open on another pod: that pod closes it with 4001.
+            self.announce(Control::Kick {
+                user: user.to_string(),
+                device: Some(d.to_string()),
+                except: Some(msg.id.to_string()),
+                code: CloseCode::Replaced.code(),
+                from_pod: self.deps.pod.clone(),
+            });
+        }
+        let subject = self.user_subject(&user);
+        let first = self.index.insert(
+            msg.id,
+            Entry {
+                user: user.clone(),
+                device: device.clone(),
+                handle: msg.session,
+                last_seen: msg.last_seen,
+                expires_at,
+            },
+        );
+        self.presence_event(&user, msg.id, device.as_ref(), None);
+        self.update_gauges();
+        let Some(subscriber) = self.subscriber.clone() else {
+            return Box::pin(async { Ok(()) });
+        };
+        if first {
+            subscriber.do_send(Interest::Add(subject.clone()));
+        }
+        Box::pin(async move {
+            // If the bus is down the interest comes back with it; the session may wait.
+            let _ = subscriber.send(AwaitInterest(subject)).await;
+            Ok(())
+        })
+    }
+}
+
+impl Registry {
+    fn announce(&self, control: Control) {
+        let payload = herald_proto::control::encode(&control);
+        self.publish(Outbound::new(self.deps.subjects.ctl_all(), payload));
+    }
+}
+
+/// A session ended on its own (client close, socket gone, or after a close the
+/// Registry already decided, in which case it is no longer indexed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Detach {
+    pub id: SessionId,
+    pub reason: &'static str,
+}
+
+impl Handler<Detach> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: Detach, _: &mut Context<Self>) {
+        self.forget(msg.id, msg.reason);
+    }
+}
+
+/// Fan a message out to its local recipients.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Delivery);
+
+impl Handler<Deliver> for Registry {
+    type Result = ();
+    fn handle(&mut self, Deliver(d): Deliver, _: &mut Context<Self>) {
+        let mut sent: u64 = 0;
+        let mut push = |handle: &Addr<Session>| {
+            handle.do_send(Push(d.frame.clone()));
+            sent += 1;
+        };
+        match &d.target {
+            Target::User { user, device } => self.index.of_user(user, device.as_ref()).for_each(|(_, e)| push(&e.handle)),
+            Target::Broadcast => self.index.all().for_each(|(_, e)| push(&e.handle)),
+            Target::Topic(_) => {}
+        }
+        let source: SourceLabel = d.target.source().into();
+        let m = &self.deps.metrics;
+        m.messages_in.get_or_create(&SourceLabels { source: source.clone() }).inc();
+        if sent > 0 {
+            m.messages_out.get_or_create(&SourceLabels { source }).inc_by(sent);
+            m.bytes_out.inc_by(sent * d.frame.len() as u64);
+        }
+        m.delivery_latency.observe(d.received_at.elapsed().as_secs_f64());
+    }
+}
+
+/// Close a user's local sessions: all, or those of one device; never `except`.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Kick {
+    pub user: UserId,
+    pub device: Option<DeviceId>,
+    pub except: Option<String>,
+    pub code: CloseCode,
+}
+
+impl Handler<Kick> for Registry {
+    type Result = usize;
+    fn handle(&mut self, msg: Kick, _: &mut Context<Self>) -> usize {
+        let ids: Vec<SessionId> = self
+            .index
+            .of_user(&msg.user, msg.device.as_ref())
+            .map(|(id, _)| id)
+            .filter(|id| msg.except.as_deref() != Some(id.to_string().as_str()))
+            .collect();
+        for id in &ids {
+            self.close(*id, msg.code);
+        }
+        if msg.code == CloseCode::Replaced && !ids.is_empty() {
+            if let Some(d) = &msg.device {
+                self.index.record_takeover(&msg.user, d, Instant::now());
+                if self.deps.clustered {
+                    self.announce(Control::Replaced {
+                        user: msg.user.to_string(),
+                        device: d.to_string(),
+                        from_pod: self.deps.pod.clone(),
+                    });
+                }
+            }
+        }
+        ids.len()
+    }
+}
+
+/// Another pod replaced a session of this device: count it for the takeover limit.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TakeoverNoted {
+    pub user: UserId,
+    pub device: DeviceId,
+}
+
+impl Handler<TakeoverNoted> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: TakeoverNoted, _: &mut Context<Self>) {
+        self.index.record_takeover(&msg.user, &msg.device, Instant::now());
+    }
+}
+
+/// Sessions of a user on this pod.
+#[derive(Message)]
+#[rtype(result = "u64")]
+pub struct LocalPresence(pub UserId);
+
+impl Handler<LocalPresence> for Registry {
+    type Result = u64;
+    fn handle(&mut self, msg: LocalPresence, _: &mut Context<Self>) -> u64 {
+        self.index.of_user(&msg.0, None).count() as u64
+    }
+}
+
+/// This pod's connection and user counts.
+#[derive(Message)]
+#[rtype(result = "LocalCounts")]
+pub struct LocalStats;
+
+#[derive(Debug, Clone, Copy, MessageResponse)]
+pub struct LocalCounts {
+    pub connections: u64,
+    pub users: u64,
+    pub draining: bool,
+}
+
+impl Handler<LocalStats> for Registry {
+    type Result = LocalCounts;
+    fn handle(&mut self, _: LocalStats, _: &mut Context<Self>) -> LocalCounts {
+        LocalCounts {
+            connections: self.index.connections() as u64,
+            users: self.index.users() as u64,
+            draining: self.draining,
+        }
+    }
+}
+
+/// Index sizes, for tests and the leak check.
+#[derive(Message)]
+#[rtype(result = "Vec<(&'static str, usize)>")]
+pub struct IndexSizes;
+
+impl Handler<IndexSizes> for Registry {
+    type Result = Vec<(&'static str, usize)>;
+    fn handle(&mut self, _: IndexSizes, _: &mut Context<Self>) -> Self::Result {
+        self.index.sizes().to_vec()
+    }
+}
+
+/// Stop admitting sessions and close every open one with 1012, spread evenly over
+/// `window`. Resolves when no session is left.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain {
+    pub window: Duration,
+}
+
+impl Handler<Drain> for Registry {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, msg: Drain, _: &mut Context<Self>) -> Self::Result {
+        self.draining = true;
+        let (tx, rx) = oneshot::channel();
+        match self.drain.as_mut() {
+            Some(d) => d.waiters.push(tx),
+            None => {
+                let pending: Vec<SessionId> = self.index.all().map(|(id, _)| id).collect();
+                tracing::info!(sessions = pending.len(), window_ms = msg.window.as_millis() as u64, "draining");
+                self.drain = Some(DrainState {
+                    total: pending.len(),
+                    pending,
+                    started: Instant::now(),
+                    window: msg.window,
+                    waiters: vec![tx],
+                });
+                self.drain_tick();
+            }
+        }
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}

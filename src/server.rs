@@ -1,0 +1,220 @@
+//! Builds a pod and runs it: the bus engine, the Registry and Subscriber actors, the HTTP
+//! server, the pod beacon, and the graceful drain on SIGTERM. `run` is shared by `main`
+//! and the tests, which hand it a listener bound to port 0.
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Addr};
+use actix_web::{web, App, HttpServer};
+use anyhow::Context as _;
+use herald_proto::control::{self, Control};
+use herald_proto::events::PodEvent;
+use herald_proto::Subjects;
+
+use crate::bus::memory::MemoryBus;
+use crate::bus::nats::NatsBus;
+use crate::bus::{Bus, Outbound};
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::http::{access_log, routes, AppState};
+use crate::metrics::Metrics;
+use crate::pods::PodTable;
+use crate::registry::{Drain, LocalStats, Registry, RegistryDeps, SetSubscriber};
+use crate::session::SessionShared;
+use crate::subscriber::Subscriber;
+
+/// How often a clustered pod announces itself (well under `pods::POD_DEAD_AFTER`).
+const BEACON_INTERVAL: Duration = Duration::from_secs(1);
+/// How long to wait for WebSocket connections to finish after the drain.
+const SHUTDOWN_GRACE_SECS: u64 = 2;
+
+/// Run a pod until it is told to stop (SIGTERM or SIGINT), then drain and return.
+pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let subjects = Subjects::new(config.subject_prefix.clone());
+    let pod = config.pod_name.clone();
+    let bus: Arc<dyn Bus> = if config.standalone() {
+        tracing::info!("standalone mode: in-process bus, no NATS");
+        Arc::new(MemoryBus::new())
+    } else {
+        let nats = NatsBus::connect(&config.nats_urls, &pod, metrics.clone())
+            .await
+            .context("connecting to NATS")?;
+        Arc::new(nats)
+    };
+    if matches!(config.auth, crate::auth::AuthConfig::Unsigned) {
+        tracing::warn!(listen = %config.listen, "no JWT key configured: accepting unsigned connections (loopback only)");
+    }
+    let pods = Arc::new(PodTable::new(pod.clone()));
+    let registry = Registry::new(RegistryDeps {
+        limits: crate::registry::Limits {
+            max_connections: config.registry.max_connections,
+            max_sessions_per_user: config.registry.max_sessions_per_user,
+            idle_timeout: config.registry.idle_timeout,
+        },
+        bus: bus.clone(),
+        subjects: subjects.clone(),
+        pod: pod.clone(),
+        metrics: metrics.clone(),
+        clustered: !config.standalone(),
+    })
+    .start();
+    let subscriber = Subscriber::new(bus.clone(), registry.clone(), subjects.clone(), pod.clone(), pods.clone()).start();
+    registry.do_send(SetSubscriber(subscriber));
+
+    let draining = Arc::new(AtomicBool::new(false));
+    let local = listener.local_addr().context("reading the listener address")?;
+    let state = web::Data::new(AppState {
+        registry: registry.clone(),
+        bus: bus.clone(),
+        cluster: Cluster {
+            bus: bus.clone(),
+            subjects: subjects.clone(),
+            pods: pods.clone(),
+        },
+        auth: config.auth.clone(),
+        api_key: config.api_key.clone(),
+        api_open: config.api_key.is_none() && local.ip().is_loopback(),
+        metrics: metrics.clone(),
+        session: Arc::new(SessionShared {
+            registry: registry.clone(),
+            bus: bus.clone(),
+            subjects: subjects.clone(),
+            metrics: metrics.clone(),
+            pod: pod.clone(),
+            limits: config.session,
+        }),
+        draining: draining.clone(),
+        next_session: AtomicU64::new(session_id_seed()),
+    });
+    if config.api_key.is_none() && !local.ip().is_loopback() {
+        tracing::warn!("no API key configured: /api/v1 answers 401 (set --api-key)");
+    }
+
+    let app_state = state.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .app_data(web::PayloadConfig::new(1 << 20))
+            .wrap(access_log())
+            .configure(routes)
+    })
+    .disable_signals()
+    .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+    .backlog(4096)
+    .max_connection_rate(1024)
+    .listen(listener)
+    .context("serving on the listener")?
+    .run();
+    tracing::info!(listen = %local, pod = %pod, bus = bus.engine(), "herald is listening");
+    pod_event(&bus, &subjects, &pod, "up").await;
+
+    if !config.standalone() {
+        actix::spawn(beacon_loop(bus.clone(), subjects.clone(), pods.clone(), registry.clone(), draining.clone()));
+    }
+
+    let handle = server.handle();
+    let drain_timeout = config.drain_timeout;
+    let drain_bus = bus.clone();
+    actix::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!(window_ms = drain_timeout.as_millis() as u64, "stop requested: draining");
+        draining.store(true, Ordering::Relaxed);
+        metrics.draining.set(1);
+        pod_event(&drain_bus, &subjects, &pod, "draining").await;
+        let drained = registry.send(Drain { window: drain_timeout });
+        tokio::select! {
+            _ = drained => {}
+            _ = wait_for_signal() => tracing::warn!("second stop signal: stopping without finishing the drain"),
+            _ = tokio::time::sleep(drain_timeout + Duration::from_secs(5)) => tracing::warn!("drain overran its window"),
+        }
+        let leaving = Control::Leaving { pod: pod.clone() };
+        let _ = drain_bus.publish(Outbound::new(subjects.ctl_all(), control::encode(&leaving))).await;
+        pod_event(&drain_bus, &subjects, &pod, "down").await;
+        drain_bus.flush().await;
+        handle.stop(true).await;
+    });
+    server.await.context("HTTP server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Session ids start from the clock so ids from a restarted pod do not repeat.
+fn session_id_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(1)
+        << 8
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops herald");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub async fn pod_event(bus: &Arc<dyn Bus>, subjects: &Subjects, pod: &str, event: &str) {
+    let ev = PodEvent {
+        pod: pod.to_string(),
+        event: event.to_string(),
+        at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+    };
+    let payload = serde_json::to_vec(&ev).unwrap_or_default();
+    if let Err(e) = bus.publish(Outbound::new(subjects.pod_event(), payload)).await {
+        tracing::debug!(error = %e, event, "pod event not published");
+    }
+}
+
+/// Announce this pod every second and declare silent pods down. Every pod expires the
+/// dead pod from its own table; only the first live pod by name publishes the `down`
+/// event, so services see it once.
+async fn beacon_loop(
+    bus: Arc<dyn Bus>,
+    subjects: Subjects,
+    pods: Arc<PodTable>,
+    registry: Addr<Registry>,
+    draining: Arc<AtomicBool>,
+) {
+    let mut tick = tokio::time::interval(BEACON_INTERVAL);
+    loop {
+        tick.tick().await;
+        let counts = registry.send(LocalStats).await.ok();
+        let beacon = Control::Beacon {
+            pod: pods.me().to_string(),
+            draining: draining.load(Ordering::Relaxed),
+            connections: counts.map_or(0, |c| c.connections),
+            users: counts.map_or(0, |c| c.users),
+        };
+        let _ = bus.publish(Outbound::new(subjects.ctl_all(), control::encode(&beacon))).await;
+        let dead = pods.expire(Instant::now());
+        let live = pods.live();
+        let announcer = live.iter().min().is_some_and(|m| m == pods.me());
+        for pod in dead {
+            tracing::warn!(pod = %pod, "pod stopped answering; declaring it down");
+            if announcer {
+                pod_event(&bus, &subjects, &pod, "down").await;
+            }
+        }
+    }
+}

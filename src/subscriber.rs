@@ -1,0 +1,302 @@
+//! Subscriber actor: owns the pod's bus subscriptions and turns what arrives into work for
+//! the Registry.
+//!
+//! Interest routing: `<prefix>.user.<id>` is subscribed exactly while the Registry holds a
+//! session of that user (`Interest::Add` on the first, `Interest::Remove` after the last),
+//! never through a wildcard. Broadcast and the control subjects are one subscription each.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use herald_proto::control::{self, Control, Query, QueryReply};
+use herald_proto::{Subjects, HEADER_DEVICE, HEADER_EVENT, HEADER_MSG_ID};
+use tokio::sync::oneshot;
+
+use crate::bus::{Bus, BusMessage, Outbound, Subscription};
+use crate::ids::{DeviceId, UserId};
+use crate::message::{encode_frame, new_message_id, Delivery, Target};
+use crate::registry::{Deliver, Kick, LocalPresence, LocalStats, Registry, TakeoverNoted};
+use crate::pods::PodTable;
+
+/// Retry a failed subscribe after this long.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
+
+pub struct Subscriber {
+    bus: Arc<dyn Bus>,
+    registry: Addr<Registry>,
+    subjects: Subjects,
+    pod: String,
+    pods: Arc<PodTable>,
+    subs: HashMap<String, SubState>,
+}
+
+enum SubState {
+    /// Subscribe in flight; `wanted` turns false if interest ended meanwhile.
+    Pending {
+        wanted: bool,
+        waiters: Vec<oneshot::Sender<()>>,
+    },
+    Active(SpawnHandle),
+}
+
+impl Subscriber {
+    pub fn new(bus: Arc<dyn Bus>, registry: Addr<Registry>, subjects: Subjects, pod: String, pods: Arc<PodTable>) -> Self {
+        Subscriber {
+            bus,
+            registry,
+            subjects,
+            pod,
+            pods,
+            subs: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, subject: String, queue: Option<String>, ctx: &mut Context<Self>) {
+        match self.subs.get_mut(&subject) {
+            Some(SubState::Pending { wanted, .. }) => *wanted = true,
+            Some(SubState::Active(_)) => {}
+            None => {
+                self.subs.insert(
+                    subject.clone(),
+                    SubState::Pending {
+                        wanted: true,
+                        waiters: Vec::new(),
+                    },
+                );
+                self.start_subscribe(subject, queue, ctx);
+            }
+        }
+    }
+
+    fn start_subscribe(&mut self, subject: String, queue: Option<String>, ctx: &mut Context<Self>) {
+        let bus = self.bus.clone();
+        let s = subject.clone();
+        let q = queue.clone();
+        ctx.spawn(
+            async move { bus.subscribe(s, q).await }
+                .into_actor(self)
+                .map(move |res, act, ctx| act.subscribed(subject, queue, res, ctx)),
+        );
+    }
+
+    fn subscribed(
+        &mut self,
+        subject: String,
+        queue: Option<String>,
+        res: Result<Subscription, crate::bus::BusError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(SubState::Pending { wanted, waiters }) = self.subs.remove(&subject) else {
+            return;
+        };
+        match res {
+            Ok(sub) if wanted => {
+                let handle = ctx.add_stream(sub);
+                self.subs.insert(subject, SubState::Active(handle));
+                waiters.into_iter().for_each(|w| {
+                    let _ = w.send(());
+                });
+            }
+            Ok(_) => waiters.into_iter().for_each(|w| {
+                let _ = w.send(());
+            }),
+            Err(e) if wanted => {
+                tracing::warn!(subject = %subject, error = %e, "subscribe failed; retrying");
+                self.subs.insert(subject.clone(), SubState::Pending { wanted, waiters });
+                ctx.run_later(RESUBSCRIBE_DELAY, move |act, ctx| {
+                    if act.subs.contains_key(&subject) {
+                        act.start_subscribe(subject, queue, ctx);
+                    }
+                });
+            }
+            Err(_) => waiters.into_iter().for_each(|w| {
+                let _ = w.send(());
+            }),
+        }
+    }
+
+    fn remove(&mut self, subject: &str, ctx: &mut Context<Self>) {
+        match self.subs.get_mut(subject) {
+            Some(SubState::Pending { wanted, .. }) => *wanted = false,
+            Some(SubState::Active(handle)) => {
+                // Cancelling drops the subscription stream, which unsubscribes on the bus.
+                ctx.cancel_future(*handle);
+                self.subs.remove(subject);
+            }
+            None => {}
+        }
+    }
+
+    fn on_message(&mut self, msg: BusMessage, ctx: &mut Context<Self>) {
+        let received_at = Instant::now();
+        let subjects = &self.subjects;
+        let target = if let Some(user) = subjects.user_of(&msg.subject) {
+            let Ok(user) = UserId::parse(user) else { return };
+            let device = msg.header(HEADER_DEVICE).and_then(|d| DeviceId::parse(d).ok());
+            Target::User { user, device }
+        } else if msg.subject == subjects.broadcast() {
+            Target::Broadcast
+        } else if msg.subject == subjects.ctl_all() {
+            return self.on_control(&msg);
+        } else if msg.subject == subjects.ctl_query() {
+            return self.on_query(msg, ctx);
+        } else {
+            tracing::debug!(subject = %msg.subject, "message on an unexpected subject");
+            return;
+        };
+        let id = msg
+            .header(HEADER_MSG_ID)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(new_message_id);
+        let topic = match &target {
+            Target::Topic(t) => Some(t.as_str()),
+            _ => None,
+        };
+        let frame = encode_frame(&id, &id, target.source(), topic, msg.header(HEADER_EVENT), &msg.payload);
+        self.registry.do_send(Deliver(Delivery {
+            target,
+            frame,
+            received_at,
+        }));
+    }
+
+    fn on_control(&mut self, msg: &BusMessage) {
+        let control: Control = match control::decode(&msg.payload) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring control message");
+                return;
+            }
+        };
+        match control {
+            Control::Kick { from_pod, .. } | Control::Replaced { from_pod, .. } if from_pod == self.pod => {}
+            Control::Kick { user, device, except, code, .. } => {
+                let (Ok(user), Some(code)) = (UserId::parse(&user), herald_proto::CloseCode::from_code(code)) else {
+                    return;
+                };
+                let device = device.and_then(|d| DeviceId::parse(&d).ok());
+                self.registry.do_send(Kick { user, device, except, code });
+            }
+            Control::Replaced { user, device, .. } => {
+                if let (Ok(user), Ok(device)) = (UserId::parse(&user), DeviceId::parse(&device)) {
+                    self.registry.do_send(TakeoverNoted { user, device });
+                }
+            }
+            Control::Beacon { pod, draining, connections, users } => {
+                self.pods.beacon(&pod, draining, connections, users);
+            }
+            Control::Leaving { pod } => self.pods.leaving(&pod),
+        }
+    }
+
+    fn on_query(&mut self, msg: BusMessage, ctx: &mut Context<Self>) {
+        let Some(reply_to) = msg.reply.clone() else { return };
+        let query: Query = match control::decode(&msg.payload) {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring query");
+                return;
+            }
+        };
+        let registry = self.registry.clone();
+        let bus = self.bus.clone();
+        let pod = self.pod.clone();
+        ctx.spawn(
+            async move {
+                let reply = match query {
+                    Query::Presence { user } => {
+                        let Ok(user) = UserId::parse(&user) else { return };
+                        let sessions = registry.send(LocalPresence(user)).await.unwrap_or(0);
+                        QueryReply::Presence { pod, sessions }
+                    }
+                    Query::Stats => {
+                        let Ok(c) = registry.send(LocalStats).await else { return };
+                        QueryReply::Stats {
+                            pod,
+                            connections: c.connections,
+                            users: c.users,
+                        }
+                    }
+                };
+                let _ = bus.publish(Outbound::new(reply_to, control::encode(&reply))).await;
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Actor for Subscriber {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(usize::MAX);
+        for subject in [self.subjects.broadcast(), self.subjects.ctl_all(), self.subjects.ctl_query()] {
+            self.add(subject, None, ctx);
+        }
+    }
+}
+
+impl StreamHandler<BusMessage> for Subscriber {
+    fn handle(&mut self, msg: BusMessage, ctx: &mut Context<Self>) {
+        self.on_message(msg, ctx);
+    }
+
+    // A subscription stream ending (unsubscribed, or the bus closed it) must not stop the
+    // actor, which is StreamHandler's default.
+    fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+/// Start or end interest in a subject.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum Interest {
+    Add(String),
+    Remove(String),
+}
+
+impl Handler<Interest> for Subscriber {
+    type Result = ();
+    fn handle(&mut self, msg: Interest, ctx: &mut Context<Self>) {
+        match msg {
+            Interest::Add(s) => self.add(s, None, ctx),
+            Interest::Remove(s) => self.remove(&s, ctx),
+        }
+    }
+}
+
+/// Resolves once the subject's subscription is in place (at once if it already is, or if
+/// nobody wants it).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AwaitInterest(pub String);
+
+impl Handler<AwaitInterest> for Subscriber {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, msg: AwaitInterest, _: &mut Context<Self>) -> Self::Result {
+        match self.subs.get_mut(&msg.0) {
+            Some(SubState::Pending { waiters, .. }) => {
+                let (tx, rx) = oneshot::channel();
+                waiters.push(tx);
+                Box::pin(async move {
+                    let _ = rx.await;
+                })
+            }
+            _ => Box::pin(async {}),
+        }
+    }
+}
+
+/// Number of subjects the Subscriber holds or is subscribing (for tests).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct SubscriptionCount;
+
+impl Handler<SubscriptionCount> for Subscriber {
+    type Result = usize;
+    fn handle(&mut self, _: SubscriptionCount, _: &mut Context<Self>) -> usize {
+        self.subs.len()
+    }
+}
