@@ -131,7 +131,9 @@ pub fn extract_token(req: &HttpRequest) -> Option<String> {
 
 /// The first value of `name` in a query string, percent-decoded.
 pub fn query_param(query: &str, name: &str) -> Option<String> {
-    url_form_pairs(query).find(|(k, _)| k == name).map(|(_, v)| v)
+    url_form_pairs(query)
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
 }
 
 fn url_form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
@@ -194,12 +196,11 @@ pub fn authenticate(
     validation.leeway = 0;
     validation.set_required_spec_claims(&["exp", "sub"]);
     validation.validate_aud = false;
-    let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
-        match e.kind() {
+    let data =
+        jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
             _ => AuthError::Invalid,
-        }
-    })?;
+        })?;
     let claims = data.claims;
     if claims.sub != user.as_str() {
         return Err(AuthError::WrongUser);
@@ -219,7 +220,11 @@ pub fn authenticate(
 }
 
 /// Sign a token (for `herald token`, trials and tests).
-pub fn sign(claims: &Claims, secret: Option<&str>, private_key_pem: Option<&[u8]>) -> Result<String, String> {
+pub fn sign(
+    claims: &Claims,
+    secret: Option<&str>,
+    private_key_pem: Option<&[u8]>,
+) -> Result<String, String> {
     let (header, key) = match (secret, private_key_pem) {
         (_, Some(pem)) => {
             if let Ok(k) = EncodingKey::from_rsa_pem(pem) {
@@ -230,8 +235,13 @@ pub fn sign(claims: &Claims, secret: Option<&str>, private_key_pem: Option<&[u8]
                 return Err("private key is not an RSA or EC (P-256) key in PEM form".into());
             }
         }
-        (Some(s), None) => (Header::new(Algorithm::HS256), EncodingKey::from_secret(s.as_bytes())),
-        (None, None) => return Err("no key: set --jwt-secret (HERALD_JWT_SECRET) or --jwt-private-key".into()),
+        (Some(s), None) => (
+            Header::new(Algorithm::HS256),
+            EncodingKey::from_secret(s.as_bytes()),
+        ),
+        (None, None) => {
+            return Err("no key: set --jwt-secret (HERALD_JWT_SECRET) or --jwt-private-key".into())
+        }
     };
     jsonwebtoken::encode(&header, claims, &key).map_err(|e| format!("signing failed: {e}"))
 }
@@ -265,27 +275,53 @@ mod tests {
     #[test]
     fn refusals_name_their_cause() {
         let u = UserId::parse("u1").unwrap();
-        assert_eq!(authenticate(&hs(), None, &u, None).unwrap_err(), AuthError::Missing);
-        assert_eq!(authenticate(&hs(), Some("x.y.z"), &u, None).unwrap_err(), AuthError::Invalid);
+        assert_eq!(
+            authenticate(&hs(), None, &u, None).unwrap_err(),
+            AuthError::Missing
+        );
+        assert_eq!(
+            authenticate(&hs(), Some("x.y.z"), &u, None).unwrap_err(),
+            AuthError::Invalid
+        );
         let expired = token("u1", now_secs() - 5, None);
-        assert_eq!(authenticate(&hs(), Some(&expired), &u, None).unwrap_err(), AuthError::Expired);
+        assert_eq!(
+            authenticate(&hs(), Some(&expired), &u, None).unwrap_err(),
+            AuthError::Expired
+        );
         let other = token("u2", now_secs() + 60, None);
-        assert_eq!(authenticate(&hs(), Some(&other), &u, None).unwrap_err(), AuthError::WrongUser);
+        assert_eq!(
+            authenticate(&hs(), Some(&other), &u, None).unwrap_err(),
+            AuthError::WrongUser
+        );
         let forged = sign(
-            &Claims { sub: "u1".into(), exp: now_secs() + 60, device: None, topics: None },
+            &Claims {
+                sub: "u1".into(),
+                exp: now_secs() + 60,
+                device: None,
+                topics: None,
+            },
             Some("other"),
             None,
         )
         .unwrap();
-        assert_eq!(authenticate(&hs(), Some(&forged), &u, None).unwrap_err(), AuthError::Invalid);
+        assert_eq!(
+            authenticate(&hs(), Some(&forged), &u, None).unwrap_err(),
+            AuthError::Invalid
+        );
         let d = token("u1", now_secs() + 60, Some("d1"));
         let q = DeviceId::parse("d2").ok();
-        assert_eq!(authenticate(&hs(), Some(&d), &u, q).unwrap_err(), AuthError::WrongDevice);
+        assert_eq!(
+            authenticate(&hs(), Some(&d), &u, q).unwrap_err(),
+            AuthError::WrongDevice
+        );
     }
 
     #[test]
     fn query_params_are_percent_decoded() {
-        assert_eq!(query_param("a=1&token=x%2By&b", "token").as_deref(), Some("x+y"));
+        assert_eq!(
+            query_param("a=1&token=x%2By&b", "token").as_deref(),
+            Some("x+y")
+        );
         assert_eq!(query_param("token=", "token").as_deref(), Some(""));
         assert_eq!(query_param("b=2", "token"), None);
         assert_eq!(query_param("token=%zz", "token").as_deref(), Some("%zz"));

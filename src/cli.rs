@@ -44,7 +44,10 @@ pub fn token(args: TokenArgs) -> ExitCode {
 
 /// Publish one message through NATS or the HTTP API.
 pub fn publish(args: PublishArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("herald publish: {e}");
@@ -86,7 +89,9 @@ async fn publish_async(args: PublishArgs) -> Result<String, String> {
     let subjects = Subjects::new(args.subject_prefix);
     let (id, msg) = publish_message(body, &subjects)?;
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-    let bus = NatsBus::connect(&args.nats_url, "herald-cli", metrics).await.map_err(|e| e.to_string())?;
+    let bus = NatsBus::connect(&args.nats_url, "herald-cli", metrics)
+        .await
+        .map_err(|e| e.to_string())?;
     bus.publish(msg).await.map_err(|e| e.to_string())?;
     bus.flush().await;
     Ok(id)
@@ -94,7 +99,11 @@ async fn publish_async(args: PublishArgs) -> Result<String, String> {
 
 /// A minimal HTTP/1.1 POST over a plain TCP connection: the CLI talks to a herald on the
 /// same network and needs no TLS stack for that.
-async fn publish_http(base: &str, api_key: Option<&str>, body: &PublishBody) -> Result<String, String> {
+async fn publish_http(
+    base: &str,
+    api_key: Option<&str>,
+    body: &PublishBody,
+) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = base
         .strip_prefix("http://")
@@ -107,22 +116,37 @@ async fn publish_http(base: &str, api_key: Option<&str>, body: &PublishBody) -> 
     let mut obj = json.as_object().cloned().unwrap_or_default();
     obj.retain(|_, v| !v.is_null() && *v != serde_json::Value::Bool(false));
     let payload = serde_json::to_vec(&obj).map_err(|e| e.to_string())?;
-    let auth = api_key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    let auth = api_key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
     let head = format!(
         "POST /api/v1/publish HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
         payload.len()
     );
-    let mut stream = tokio::net::TcpStream::connect(host).await.map_err(|e| format!("connecting to {host}: {e}"))?;
-    stream.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
-    stream.write_all(&payload).await.map_err(|e| e.to_string())?;
+    let mut stream = tokio::net::TcpStream::connect(host)
+        .await
+        .map_err(|e| format!("connecting to {host}: {e}"))?;
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(&payload)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.map_err(|e| e.to_string())?;
+    stream
+        .read_to_end(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&response);
     let status = text.split_whitespace().nth(1).unwrap_or("");
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
     if status != "202" {
         return Err(format!("HTTP {status}: {}", body.trim()));
     }
-    let v: serde_json::Value = serde_json::from_slice(Bytes::copy_from_slice(body.as_bytes()).as_ref()).map_err(|e| e.to_string())?;
+    let v: serde_json::Value =
+        serde_json::from_slice(Bytes::copy_from_slice(body.as_bytes()).as_ref())
+            .map_err(|e| e.to_string())?;
     Ok(v["id"].as_str().unwrap_or_default().to_string())
 }

@@ -46,7 +46,11 @@ impl Cluster {
     }
 
     pub async fn presence(&self, user: &UserId) -> Result<Presence, BusError> {
-        let replies = self.scatter(&Query::Presence { user: user.to_string() }).await?;
+        let replies = self
+            .scatter(&Query::Presence {
+                user: user.to_string(),
+            })
+            .await?;
         let mut sessions = 0;
         let mut pods = Vec::new();
         for r in replies {
@@ -73,7 +77,15 @@ impl Cluster {
             .await?
             .into_iter()
             .filter_map(|r| match r {
-                QueryReply::Stats { pod, connections, users } => Some(PodStats { pod, connections, users }),
+                QueryReply::Stats {
+                    pod,
+                    connections,
+                    users,
+                } => Some(PodStats {
+                    pod,
+                    connections,
+                    users,
+                }),
                 _ => None,
             })
             .collect();
@@ -97,7 +109,10 @@ impl Cluster {
             from_pod: String::new(),
         };
         self.bus
-            .publish(Outbound::new(self.subjects.ctl_all(), control::encode(&kick)))
+            .publish(Outbound::new(
+                self.subjects.ctl_all(),
+                control::encode(&kick),
+            ))
             .await
     }
 }

@@ -195,17 +195,20 @@ impl Config {
             .map(|u| u.trim().to_string())
             .filter(|u| !u.is_empty())
             .collect();
-        if !args
-            .subject_prefix
-            .split('.')
-            .all(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
-        {
+        if !args.subject_prefix.split('.').all(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        }) {
             problems.push(format!(
                 "--subject-prefix {:?}: use dot-separated tokens of A-Z a-z 0-9 _ -",
                 args.subject_prefix
             ));
         }
-        let auth = match crate::auth::AuthConfig::load(args.jwt_secret.as_deref(), args.jwt_public_key.as_deref()) {
+        let auth = match crate::auth::AuthConfig::load(
+            args.jwt_secret.as_deref(),
+            args.jwt_public_key.as_deref(),
+        ) {
             Ok(a) => a,
             Err(e) => {
                 problems.push(e.to_string());
@@ -230,7 +233,8 @@ impl Config {
             ));
         }
         if args.max_connections == 0 || args.max_sessions_per_user == 0 {
-            problems.push("--max-connections and --max-sessions-per-user must be at least 1".into());
+            problems
+                .push("--max-connections and --max-sessions-per-user must be at least 1".into());
         }
         if args.max_frame_bytes < 128 {
             problems.push("--max-frame-bytes must be at least 128".into());
@@ -317,8 +321,18 @@ mod tests {
 
     #[test]
     fn human_durations_and_url_lists_parse() {
-        let cli = parse(&["serve", "--heartbeat", "500ms", "--idle-timeout", "2m", "--nats-url", "nats://a:1,nats://b:2"]);
-        let Some(Command::Serve(args)) = cli.command else { panic!("serve expected") };
+        let cli = parse(&[
+            "serve",
+            "--heartbeat",
+            "500ms",
+            "--idle-timeout",
+            "2m",
+            "--nats-url",
+            "nats://a:1,nats://b:2",
+        ]);
+        let Some(Command::Serve(args)) = cli.command else {
+            panic!("serve expected")
+        };
         let cfg = Config::from_args(args).unwrap();
         assert_eq!(cfg.session.heartbeat, Duration::from_millis(500));
         assert_eq!(cfg.session.idle_timeout, Duration::from_secs(120));

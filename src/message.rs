@@ -19,7 +19,10 @@ pub type Frame = ByteString;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// Every session of the user, or only those opened with `device`.
-    User { user: UserId, device: Option<DeviceId> },
+    User {
+        user: UserId,
+        device: Option<DeviceId>,
+    },
     Broadcast,
     Topic(String),
 }
@@ -119,7 +122,14 @@ mod tests {
 
     #[test]
     fn frame_is_valid_json_with_every_field() {
-        let f = encode_frame("m1", "c1", Source::Topic, Some("t.a"), Some("tick"), b"not json");
+        let f = encode_frame(
+            "m1",
+            "c1",
+            Source::Topic,
+            Some("t.a"),
+            Some("tick"),
+            b"not json",
+        );
         let v: serde_json::Value = serde_json::from_str(&f).unwrap();
         assert_eq!(v["type"], "message");
         assert_eq!(v["topic"], "t.a");

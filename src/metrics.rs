@@ -85,15 +85,31 @@ impl Metrics {
             registry_entries: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("connections", "Open WebSocket sessions on this pod", m.connections.clone());
-        registry.register("users", "Distinct users with a session on this pod", m.users.clone());
+        registry.register(
+            "connections",
+            "Open WebSocket sessions on this pod",
+            m.connections.clone(),
+        );
+        registry.register(
+            "users",
+            "Distinct users with a session on this pod",
+            m.users.clone(),
+        );
         registry.register(
             "messages_in",
             "Messages received for delivery, by source (upstream = client publish frames)",
             m.messages_in.clone(),
         );
-        registry.register("messages_out", "Message frames queued to sessions, by source", m.messages_out.clone());
-        registry.register("bytes_out", "Bytes of message frames queued to sessions", m.bytes_out.clone());
+        registry.register(
+            "messages_out",
+            "Message frames queued to sessions, by source",
+            m.messages_out.clone(),
+        );
+        registry.register(
+            "bytes_out",
+            "Bytes of message frames queued to sessions",
+            m.bytes_out.clone(),
+        );
         registry.register("closes", "Sessions closed, by close code", m.closes.clone());
         registry.register(
             "handshake_refusals",
@@ -105,14 +121,37 @@ impl Metrics {
             "From a message reaching this pod to its frame being queued to every local recipient",
             m.delivery_latency.clone(),
         );
-        registry.register("bus_connected", "1 when the message bus is connected", m.bus_connected.clone());
+        registry.register(
+            "bus_connected",
+            "1 when the message bus is connected",
+            m.bus_connected.clone(),
+        );
         registry.register("draining", "1 while the pod drains", m.draining.clone());
-        registry.register("bad_frames", "Client frames refused as malformed", m.bad_frames.clone());
+        registry.register(
+            "bad_frames",
+            "Client frames refused as malformed",
+            m.bad_frames.clone(),
+        );
         registry.register(
             "registry_entries",
             "Entries in the registry's indexes (sessions, users, devices, takeover history)",
             m.registry_entries.clone(),
         );
+        // Series exist from the start at 0, so rate() and alerts work before the first event.
+        for status in [400, 401, 429, 503] {
+            let _ = m.handshake_refusals.get_or_create(&StatusLabels { status });
+        }
+        for code in herald_proto::CloseCode::ALL {
+            let _ = m.closes.get_or_create(&CodeLabels { code: code.code() });
+        }
+        for source in [
+            SourceLabel::user,
+            SourceLabel::broadcast,
+            SourceLabel::topic,
+            SourceLabel::upstream,
+        ] {
+            let _ = m.messages_in.get_or_create(&SourceLabels { source });
+        }
         Metrics { registry, ..m }
     }
 
@@ -121,7 +160,9 @@ impl Metrics {
     }
 
     pub fn refused(&self, status: u16) {
-        self.handshake_refusals.get_or_create(&StatusLabels { status }).inc();
+        self.handshake_refusals
+            .get_or_create(&StatusLabels { status })
+            .inc();
     }
 
     /// Prometheus text exposition.
@@ -148,12 +189,25 @@ mod tests {
         let m = Metrics::new();
         m.closed(4001);
         m.refused(401);
-        m.messages_out.get_or_create(&SourceLabels { source: SourceLabel::broadcast }).inc_by(3);
+        m.messages_out
+            .get_or_create(&SourceLabels {
+                source: SourceLabel::broadcast,
+            })
+            .inc_by(3);
         let text = m.render();
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             assert!(line.starts_with("herald_"), "{line}");
         }
-        assert!(text.contains("herald_closes_total{code=\"4001\"} 1"), "{text}");
-        assert!(text.contains("herald_messages_out_total{source=\"broadcast\"} 3"), "{text}");
+        assert!(
+            text.contains("herald_closes_total{code=\"4001\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("herald_messages_out_total{source=\"broadcast\"} 3"),
+            "{text}"
+        );
     }
 }

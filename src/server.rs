@@ -62,11 +62,20 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
         clustered: !config.standalone(),
     })
     .start();
-    let subscriber = Subscriber::new(bus.clone(), registry.clone(), subjects.clone(), pod.clone(), pods.clone()).start();
+    let subscriber = Subscriber::new(
+        bus.clone(),
+        registry.clone(),
+        subjects.clone(),
+        pod.clone(),
+        pods.clone(),
+    )
+    .start();
     registry.do_send(SetSubscriber(subscriber));
 
     let draining = Arc::new(AtomicBool::new(false));
-    let local = listener.local_addr().context("reading the listener address")?;
+    let local = listener
+        .local_addr()
+        .context("reading the listener address")?;
     let state = web::Data::new(AppState {
         registry: registry.clone(),
         bus: bus.clone(),
@@ -113,7 +122,13 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
     pod_event(&bus, &subjects, &pod, "up").await;
 
     if !config.standalone() {
-        actix::spawn(beacon_loop(bus.clone(), subjects.clone(), pods.clone(), registry.clone(), draining.clone()));
+        actix::spawn(beacon_loop(
+            bus.clone(),
+            subjects.clone(),
+            pods.clone(),
+            registry.clone(),
+            draining.clone(),
+        ));
     }
 
     let handle = server.handle();
@@ -121,18 +136,25 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
     let drain_bus = bus.clone();
     actix::spawn(async move {
         wait_for_signal().await;
-        tracing::info!(window_ms = drain_timeout.as_millis() as u64, "stop requested: draining");
+        tracing::info!(
+            window_ms = drain_timeout.as_millis() as u64,
+            "stop requested: draining"
+        );
         draining.store(true, Ordering::Relaxed);
         metrics.draining.set(1);
         pod_event(&drain_bus, &subjects, &pod, "draining").await;
-        let drained = registry.send(Drain { window: drain_timeout });
+        let drained = registry.send(Drain {
+            window: drain_timeout,
+        });
         tokio::select! {
             _ = drained => {}
             _ = wait_for_signal() => tracing::warn!("second stop signal: stopping without finishing the drain"),
             _ = tokio::time::sleep(drain_timeout + Duration::from_secs(5)) => tracing::warn!("drain overran its window"),
         }
         let leaving = Control::Leaving { pod: pod.clone() };
-        let _ = drain_bus.publish(Outbound::new(subjects.ctl_all(), control::encode(&leaving))).await;
+        let _ = drain_bus
+            .publish(Outbound::new(subjects.ctl_all(), control::encode(&leaving)))
+            .await;
         pod_event(&drain_bus, &subjects, &pod, "down").await;
         drain_bus.flush().await;
         handle.stop(true).await;
@@ -181,7 +203,10 @@ pub async fn pod_event(bus: &Arc<dyn Bus>, subjects: &Subjects, pod: &str, event
         at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
     };
     let payload = serde_json::to_vec(&ev).unwrap_or_default();
-    if let Err(e) = bus.publish(Outbound::new(subjects.pod_event(), payload)).await {
+    if let Err(e) = bus
+        .publish(Outbound::new(subjects.pod_event(), payload))
+        .await
+    {
         tracing::debug!(error = %e, event, "pod event not published");
     }
 }
@@ -206,7 +231,9 @@ async fn beacon_loop(
             connections: counts.map_or(0, |c| c.connections),
             users: counts.map_or(0, |c| c.users),
         };
-        let _ = bus.publish(Outbound::new(subjects.ctl_all(), control::encode(&beacon))).await;
+        let _ = bus
+            .publish(Outbound::new(subjects.ctl_all(), control::encode(&beacon)))
+            .await;
         let dead = pods.expire(Instant::now());
         let live = pods.live();
         let announcer = live.iter().min().is_some_and(|m| m == pods.me());

@@ -19,7 +19,10 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use herald_proto::frame::error_code;
-use herald_proto::{ClientFrame, CloseCode, ServerFrame, Subjects, HEADER_DEVICE, HEADER_EVENT, HEADER_POD, HEADER_SESSION};
+use herald_proto::{
+    ClientFrame, CloseCode, ServerFrame, Subjects, HEADER_DEVICE, HEADER_EVENT, HEADER_POD,
+    HEADER_SESSION,
+};
 
 use crate::auth::Identity;
 use crate::bus::{Bus, Outbound};
@@ -194,14 +197,18 @@ impl Session {
     }
 
     fn alive(&self) {
-        self.last_seen.store(crate::clock::now_ms(), Ordering::Relaxed);
+        self.last_seen
+            .store(crate::clock::now_ms(), Ordering::Relaxed);
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
         if self.limiter.check().is_err() {
             self.rate_strikes += 1;
             if self.rate_strikes == 1 {
-                let msg = format!("more than {} frames per second", self.shared.limits.upstream_rate);
+                let msg = format!(
+                    "more than {} frames per second",
+                    self.shared.limits.upstream_rate
+                );
                 self.send_frame(&ServerFrame::error(error_code::RATE_LIMITED, msg), ctx);
             }
             if self.rate_strikes >= MAX_RATE_STRIKES {
@@ -215,7 +222,10 @@ impl Session {
             Ok(ClientFrame::Publish { event, data }) => self.publish_upstream(event, data, ctx),
             Ok(ClientFrame::Subscribe { .. }) | Ok(ClientFrame::Unsubscribe { .. }) => {
                 self.send_frame(
-                    &ServerFrame::error(error_code::UNSUPPORTED, "topics are not available on this hub"),
+                    &ServerFrame::error(
+                        error_code::UNSUPPORTED,
+                        "topics are not available on this hub",
+                    ),
                     ctx,
                 );
             }
@@ -233,9 +243,17 @@ impl Session {
         }
     }
 
-    fn publish_upstream(&mut self, event: Option<String>, data: Option<Box<serde_json::value::RawValue>>, ctx: &mut Context<Self>) {
+    fn publish_upstream(
+        &mut self,
+        event: Option<String>,
+        data: Option<Box<serde_json::value::RawValue>>,
+        ctx: &mut Context<Self>,
+    ) {
         let shared = &self.shared;
-        let payload = data.map_or_else(|| Bytes::from_static(b"null"), |d| Bytes::from(String::from(Box::<str>::from(d))));
+        let payload = data.map_or_else(
+            || Bytes::from_static(b"null"),
+            |d| Bytes::from(String::from(Box::<str>::from(d))),
+        );
         let mut msg = Outbound::new(shared.subjects.up(self.identity.user.as_str()), payload)
             .header(HEADER_SESSION, self.id.to_string())
             .header(HEADER_POD, shared.pod.clone());
@@ -248,18 +266,27 @@ impl Session {
         shared
             .metrics
             .messages_in
-            .get_or_create(&SourceLabels { source: SourceLabel::upstream })
+            .get_or_create(&SourceLabels {
+                source: SourceLabel::upstream,
+            })
             .inc();
         let bus = shared.bus.clone();
-        ctx.spawn(async move { bus.publish(msg).await }.into_actor(self).map(|res, act, ctx| {
-            if let Err(e) = res {
-                tracing::debug!(session = %act.id, error = %e, "upstream publish failed");
-                act.send_frame(
-                    &ServerFrame::error(error_code::UNAVAILABLE, "message not published: the bus is unavailable"),
-                    ctx,
-                );
-            }
-        }));
+        ctx.spawn(
+            async move { bus.publish(msg).await }
+                .into_actor(self)
+                .map(|res, act, ctx| {
+                    if let Err(e) = res {
+                        tracing::debug!(session = %act.id, error = %e, "upstream publish failed");
+                        act.send_frame(
+                            &ServerFrame::error(
+                                error_code::UNAVAILABLE,
+                                "message not published: the bus is unavailable",
+                            ),
+                            ctx,
+                        );
+                    }
+                }),
+        );
     }
 
     fn on_protocol_error(&mut self, err: ProtocolError, ctx: &mut Context<Self>) {
@@ -281,14 +308,15 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(usize::MAX);
         if let Some(stream) = self.stream.take() {
             ctx.add_stream(stream);
         }
         if let Some(w) = self.welcome.take() {
             self.push_text(ByteString::from(w), ctx);
         }
-        ctx.run_interval(self.shared.limits.heartbeat, |act, ctx| act.push_control(Out::Ping, ctx));
+        ctx.run_interval(self.shared.limits.heartbeat, |act, ctx| {
+            act.push_control(Out::Ping, ctx)
+        });
     }
 
     fn stopping(&mut self, _: &mut Context<Self>) -> Running {
@@ -308,7 +336,9 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Session {
         }
         match item {
             Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
-            Ok(AggregatedMessage::Binary(_)) => self.bad_frame("binary frames are not accepted; send JSON text", ctx),
+            Ok(AggregatedMessage::Binary(_)) => {
+                self.bad_frame("binary frames are not accepted; send JSON text", ctx)
+            }
             Ok(AggregatedMessage::Ping(payload)) => self.push_control(Out::Pong(payload), ctx),
             Ok(AggregatedMessage::Pong(_)) => {}
             Ok(AggregatedMessage::Close(reason)) => {

@@ -17,8 +17,8 @@ use tokio::sync::oneshot;
 use crate::bus::{Bus, BusMessage, Outbound, Subscription};
 use crate::ids::{DeviceId, UserId};
 use crate::message::{encode_frame, new_message_id, Delivery, Target};
-use crate::registry::{Deliver, Kick, LocalPresence, LocalStats, Registry, TakeoverNoted};
 use crate::pods::PodTable;
+use crate::registry::{Deliver, Kick, LocalPresence, LocalStats, Registry, TakeoverNoted};
 
 /// Retry a failed subscribe after this long.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
@@ -42,7 +42,13 @@ enum SubState {
 }
 
 impl Subscriber {
-    pub fn new(bus: Arc<dyn Bus>, registry: Addr<Registry>, subjects: Subjects, pod: String, pods: Arc<PodTable>) -> Self {
+    pub fn new(
+        bus: Arc<dyn Bus>,
+        registry: Addr<Registry>,
+        subjects: Subjects,
+        pod: String,
+        pods: Arc<PodTable>,
+    ) -> Self {
         Subscriber {
             bus,
             registry,
@@ -104,7 +110,8 @@ impl Subscriber {
             }),
             Err(e) if wanted => {
                 tracing::warn!(subject = %subject, error = %e, "subscribe failed; retrying");
-                self.subs.insert(subject.clone(), SubState::Pending { wanted, waiters });
+                self.subs
+                    .insert(subject.clone(), SubState::Pending { wanted, waiters });
                 ctx.run_later(RESUBSCRIBE_DELAY, move |act, ctx| {
                     if act.subs.contains_key(&subject) {
                         act.start_subscribe(subject, queue, ctx);
@@ -133,8 +140,12 @@ impl Subscriber {
         let received_at = Instant::now();
         let subjects = &self.subjects;
         let target = if let Some(user) = subjects.user_of(&msg.subject) {
-            let Ok(user) = UserId::parse(user) else { return };
-            let device = msg.header(HEADER_DEVICE).and_then(|d| DeviceId::parse(d).ok());
+            let Ok(user) = UserId::parse(user) else {
+                return;
+            };
+            let device = msg
+                .header(HEADER_DEVICE)
+                .and_then(|d| DeviceId::parse(d).ok());
             Target::User { user, device }
         } else if msg.subject == subjects.broadcast() {
             Target::Broadcast
@@ -155,7 +166,14 @@ impl Subscriber {
             Target::Topic(t) => Some(t.as_str()),
             _ => None,
         };
-        let frame = encode_frame(&id, &id, target.source(), topic, msg.header(HEADER_EVENT), &msg.payload);
+        let frame = encode_frame(
+            &id,
+            &id,
+            target.source(),
+            topic,
+            msg.header(HEADER_EVENT),
+            &msg.payload,
+        );
         self.registry.do_send(Deliver(Delivery {
             target,
             frame,
@@ -172,20 +190,40 @@ impl Subscriber {
             }
         };
         match control {
-            Control::Kick { from_pod, .. } | Control::Replaced { from_pod, .. } if from_pod == self.pod => {}
-            Control::Kick { user, device, except, code, .. } => {
-                let (Ok(user), Some(code)) = (UserId::parse(&user), herald_proto::CloseCode::from_code(code)) else {
+            Control::Kick { from_pod, .. } | Control::Replaced { from_pod, .. }
+                if from_pod == self.pod => {}
+            Control::Kick {
+                user,
+                device,
+                except,
+                code,
+                ..
+            } => {
+                let (Ok(user), Some(code)) = (
+                    UserId::parse(&user),
+                    herald_proto::CloseCode::from_code(code),
+                ) else {
                     return;
                 };
                 let device = device.and_then(|d| DeviceId::parse(&d).ok());
-                self.registry.do_send(Kick { user, device, except, code });
+                self.registry.do_send(Kick {
+                    user,
+                    device,
+                    except,
+                    code,
+                });
             }
             Control::Replaced { user, device, .. } => {
                 if let (Ok(user), Ok(device)) = (UserId::parse(&user), DeviceId::parse(&device)) {
                     self.registry.do_send(TakeoverNoted { user, device });
                 }
             }
-            Control::Beacon { pod, draining, connections, users } => {
+            Control::Beacon {
+                pod,
+                draining,
+                connections,
+                users,
+            } => {
                 self.pods.beacon(&pod, draining, connections, users);
             }
             Control::Leaving { pod } => self.pods.leaving(&pod),
@@ -193,7 +231,9 @@ impl Subscriber {
     }
 
     fn on_query(&mut self, msg: BusMessage, ctx: &mut Context<Self>) {
-        let Some(reply_to) = msg.reply.clone() else { return };
+        let Some(reply_to) = msg.reply.clone() else {
+            return;
+        };
         let query: Query = match control::decode(&msg.payload) {
             Ok(q) => q,
             Err(e) => {
@@ -208,12 +248,16 @@ impl Subscriber {
             async move {
                 let reply = match query {
                     Query::Presence { user } => {
-                        let Ok(user) = UserId::parse(&user) else { return };
+                        let Ok(user) = UserId::parse(&user) else {
+                            return;
+                        };
                         let sessions = registry.send(LocalPresence(user)).await.unwrap_or(0);
                         QueryReply::Presence { pod, sessions }
                     }
                     Query::Stats => {
-                        let Ok(c) = registry.send(LocalStats).await else { return };
+                        let Ok(c) = registry.send(LocalStats).await else {
+                            return;
+                        };
                         QueryReply::Stats {
                             pod,
                             connections: c.connections,
@@ -221,7 +265,9 @@ impl Subscriber {
                         }
                     }
                 };
-                let _ = bus.publish(Outbound::new(reply_to, control::encode(&reply))).await;
+                let _ = bus
+                    .publish(Outbound::new(reply_to, control::encode(&reply)))
+                    .await;
             }
             .into_actor(self),
         );
@@ -232,8 +278,11 @@ impl Actor for Subscriber {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(usize::MAX);
-        for subject in [self.subjects.broadcast(), self.subjects.ctl_all(), self.subjects.ctl_query()] {
+        for subject in [
+            self.subjects.broadcast(),
+            self.subjects.ctl_all(),
+            self.subjects.ctl_query(),
+        ] {
             self.add(subject, None, ctx);
         }
     }

@@ -46,8 +46,15 @@ pub enum Query {
 /// One pod's answer to a [`Query`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum QueryReply {
-    Presence { pod: String, sessions: u64 },
-    Stats { pod: String, connections: u64, users: u64 },
+    Presence {
+        pod: String,
+        sessions: u64,
+    },
+    Stats {
+        pod: String,
+        connections: u64,
+        users: u64,
+    },
 }
 
 /// Why a control payload could not be decoded.

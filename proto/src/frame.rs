@@ -72,7 +72,9 @@ impl ServerFrame {
     /// The frame as JSON text. Serialising these types cannot fail (no maps with non-string
     /// keys, no fallible `Serialize` impls), so the fallback is never taken in practice.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| String::from(r#"{"type":"error","code":"internal","message":"encoding failed"}"#))
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            String::from(r#"{"type":"error","code":"internal","message":"encoding failed"}"#)
+        })
     }
 }
 
@@ -203,7 +205,9 @@ mod tests {
         );
         let back: ServerFrame = serde_json::from_str(&text).unwrap();
         match back {
-            ServerFrame::Message { id, event, data, .. } => {
+            ServerFrame::Message {
+                id, event, data, ..
+            } => {
                 assert_eq!(id, "m1");
                 assert_eq!(event.as_deref(), Some("order"));
                 assert_eq!(data, serde_json::json!({"a": 1}));

@@ -58,8 +58,7 @@ pub fn is_valid_topic(s: &str) -> bool {
 fn is_valid_token(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'=')
 }
 

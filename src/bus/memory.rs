@@ -60,10 +60,12 @@ impl MemoryBus {
     pub fn has_interest(&self, subject: &str) -> bool {
         let inner = self.lock();
         inner.exact.get(subject).is_some_and(|v| !v.is_empty())
-            || inner
-                .wildcard
-                .iter()
-                .any(|id| inner.subs.get(id).is_some_and(|s| subject_matches(&s.pattern, subject)))
+            || inner.wildcard.iter().any(|id| {
+                inner
+                    .subs
+                    .get(id)
+                    .is_some_and(|s| subject_matches(&s.pattern, subject))
+            })
     }
 }
 
@@ -100,13 +102,12 @@ impl Bus for MemoryBus {
     async fn publish(&self, msg: Outbound) -> Result<(), BusError> {
         let mut inner = self.lock();
         let mut targets: Vec<u64> = inner.exact.get(&msg.subject).cloned().unwrap_or_default();
-        targets.extend(
+        targets.extend(inner.wildcard.iter().copied().filter(|id| {
             inner
-                .wildcard
-                .iter()
-                .copied()
-                .filter(|id| inner.subs.get(id).is_some_and(|s| subject_matches(&s.pattern, &msg.subject))),
-        );
+                .subs
+                .get(id)
+                .is_some_and(|s| subject_matches(&s.pattern, &msg.subject))
+        }));
         // Queue groups: one member of each group gets the message, taking turns.
         let mut groups: HashMap<String, Vec<u64>> = HashMap::new();
         let mut plain = Vec::new();
@@ -134,7 +135,11 @@ impl Bus for MemoryBus {
         Ok(())
     }
 
-    async fn subscribe(&self, subject: String, queue: Option<String>) -> Result<Subscription, BusError> {
+    async fn subscribe(
+        &self,
+        subject: String,
+        queue: Option<String>,
+    ) -> Result<Subscription, BusError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         let mut inner = self.lock();

@@ -84,7 +84,11 @@ pub trait Bus: Send + Sync + 'static {
     /// Subscribe to a subject (wildcards allowed), optionally in a queue group. Resolves
     /// once the subscription is in place on the bus, so messages published after it
     /// returns are delivered.
-    async fn subscribe(&self, subject: String, queue: Option<String>) -> Result<Subscription, BusError>;
+    async fn subscribe(
+        &self,
+        subject: String,
+        queue: Option<String>,
+    ) -> Result<Subscription, BusError>;
 
     /// A fresh unique subject for replies.
     fn new_inbox(&self) -> String;
@@ -99,7 +103,12 @@ pub trait Bus: Send + Sync + 'static {
     async fn flush(&self) {}
 
     /// Send a request and wait for the first reply.
-    async fn request(&self, subject: String, payload: Bytes, timeout: Duration) -> Result<BusMessage, BusError> {
+    async fn request(
+        &self,
+        subject: String,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<BusMessage, BusError> {
         let mut replies = self.request_many(subject, payload, timeout, 1).await?;
         replies.pop().ok_or(BusError::Timeout)
     }

@@ -25,10 +25,17 @@ pub struct NatsBus {
 
 impl NatsBus {
     /// Connect to any of `urls`, retrying until one answers.
-    pub async fn connect(urls: &[String], name: &str, metrics: Arc<Metrics>) -> Result<NatsBus, BusError> {
+    pub async fn connect(
+        urls: &[String],
+        name: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<NatsBus, BusError> {
         let addrs: Vec<async_nats::ServerAddr> = urls
             .iter()
-            .map(|u| u.parse::<async_nats::ServerAddr>().map_err(|e| BusError::Other(format!("NATS URL {u:?}: {e}"))))
+            .map(|u| {
+                u.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| BusError::Other(format!("NATS URL {u:?}: {e}")))
+            })
             .collect::<Result<_, _>>()?;
         let events = metrics.clone();
         let options = async_nats::ConnectOptions::new()
@@ -37,7 +44,9 @@ impl NatsBus {
             .max_reconnects(None)
             .ping_interval(Duration::from_secs(5))
             .connection_timeout(Duration::from_secs(3))
-            .reconnect_delay_callback(|attempt| Duration::from_millis((100 * attempt as u64).min(2_000)))
+            .reconnect_delay_callback(|attempt| {
+                Duration::from_millis((100 * attempt as u64).min(2_000))
+            })
             .event_callback(move |event| {
                 let metrics = events.clone();
                 async move {
@@ -112,15 +121,31 @@ impl Bus for NatsBus {
         }
         let headers = to_header_map(&msg.headers);
         let res = match (msg.reply, headers) {
-            (Some(reply), Some(h)) => self.client.publish_with_reply_and_headers(msg.subject, reply, h, msg.payload).await,
-            (Some(reply), None) => self.client.publish_with_reply(msg.subject, reply, msg.payload).await,
-            (None, Some(h)) => self.client.publish_with_headers(msg.subject, h, msg.payload).await,
+            (Some(reply), Some(h)) => {
+                self.client
+                    .publish_with_reply_and_headers(msg.subject, reply, h, msg.payload)
+                    .await
+            }
+            (Some(reply), None) => {
+                self.client
+                    .publish_with_reply(msg.subject, reply, msg.payload)
+                    .await
+            }
+            (None, Some(h)) => {
+                self.client
+                    .publish_with_headers(msg.subject, h, msg.payload)
+                    .await
+            }
             (None, None) => self.client.publish(msg.subject, msg.payload).await,
         };
         res.map_err(|e| BusError::Other(e.to_string()))
     }
 
-    async fn subscribe(&self, subject: String, queue: Option<String>) -> Result<Subscription, BusError> {
+    async fn subscribe(
+        &self,
+        subject: String,
+        queue: Option<String>,
+    ) -> Result<Subscription, BusError> {
         let sub = match queue {
             Some(q) => self.client.queue_subscribe(subject, q).await,
             None => self.client.subscribe(subject).await,

@@ -2,6 +2,10 @@
 //! route needs the API key (or an open API on a loopback-bound hub without a key).
 //! Errors are JSON `{"error": "..."}` with a status that says whose fault it is.
 
+// Helpers return the finished error response as `Err`: it is what the handler sends, and
+// boxing it would only add an allocation on a path that already failed.
+#![allow(clippy::result_large_err)]
+
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
@@ -23,7 +27,10 @@ fn bad_request(message: impl Into<String>) -> HttpResponse {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> HttpResponse {
-    error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    error(
+        actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+        e.to_string(),
+    )
 }
 
 /// `Err(response)` unless the caller may use the API.
@@ -47,7 +54,10 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), HttpResponse> {
     if given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
         Ok(())
     } else {
-        Err(error(actix_web::http::StatusCode::UNAUTHORIZED, "missing or wrong API key"))
+        Err(error(
+            actix_web::http::StatusCode::UNAUTHORIZED,
+            "missing or wrong API key",
+        ))
     }
 }
 
@@ -69,7 +79,10 @@ pub struct PublishBody {
 }
 
 /// Turn a publish body into the bus message a service would have sent over NATS.
-pub fn publish_message(body: PublishBody, subjects: &Subjects) -> Result<(String, Outbound), String> {
+pub fn publish_message(
+    body: PublishBody,
+    subjects: &Subjects,
+) -> Result<(String, Outbound), String> {
     let subject = match (&body.user, body.broadcast, &body.topic) {
         (Some(u), false, None) => {
             let user = UserId::parse(u).map_err(|e| format!("user: {e}"))?;
@@ -83,7 +96,10 @@ pub fn publish_message(body: PublishBody, subjects: &Subjects) -> Result<(String
         }
         (None, false, Some(t)) => {
             if !herald_proto::is_valid_topic(t) {
-                return Err("topic: 1 to 8 dot-separated tokens of A-Z a-z 0-9 _ - =, each 1 to 64 bytes".into());
+                return Err(
+                    "topic: 1 to 8 dot-separated tokens of A-Z a-z 0-9 _ - =, each 1 to 64 bytes"
+                        .into(),
+                );
             }
             subjects.topic(t)
         }
@@ -94,7 +110,10 @@ pub fn publish_message(body: PublishBody, subjects: &Subjects) -> Result<(String
         Some(id) => id,
         None => new_message_id(),
     };
-    let payload = body.data.map_or_else(|| Bytes::from_static(b"null"), |d| Bytes::from(String::from(Box::<str>::from(d))));
+    let payload = body.data.map_or_else(
+        || Bytes::from_static(b"null"),
+        |d| Bytes::from(String::from(Box::<str>::from(d))),
+    );
     let mut msg = Outbound::new(subject, payload).header(HEADER_MSG_ID, id.clone());
     if let Some(event) = body.event {
         msg = msg.header(HEADER_EVENT, event);
@@ -128,7 +147,11 @@ fn user_of(path: &str) -> Result<UserId, HttpResponse> {
     UserId::parse(path).map_err(|e| bad_request(format!("bad user id: {e}")))
 }
 
-pub async fn presence(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+pub async fn presence(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     if let Err(r) = authorize(&req, &state) {
         return r;
     }
@@ -152,7 +175,11 @@ pub async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
     }
 }
 
-pub async fn disconnect(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+pub async fn disconnect(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     if let Err(r) = authorize(&req, &state) {
         return r;
     }
@@ -177,7 +204,11 @@ mod tests {
     #[test]
     fn publish_bodies_map_to_subjects_and_headers() {
         let s = Subjects::default();
-        let (id, m) = publish_message(body(r#"{"user":"u1","event":"order","data":{"a":1},"id":"x1"}"#), &s).unwrap();
+        let (id, m) = publish_message(
+            body(r#"{"user":"u1","event":"order","data":{"a":1},"id":"x1"}"#),
+            &s,
+        )
+        .unwrap();
         assert_eq!(id, "x1");
         assert_eq!(m.subject, "herald.user.u1");
         assert_eq!(&m.payload[..], br#"{"a":1}"#);

@@ -13,13 +13,23 @@ const CLIENT_JS: &str = include_str!("../../clients/js/herald.js");
 
 pub async fn index_redirect(req: actix_web::HttpRequest) -> HttpResponse {
     let q = req.query_string();
-    let location = if q.is_empty() { "/demo/".to_string() } else { format!("/demo/?{q}") };
-    HttpResponse::Found().insert_header(("Location", location)).finish()
+    let location = if q.is_empty() {
+        "/demo/".to_string()
+    } else {
+        format!("/demo/?{q}")
+    };
+    HttpResponse::Found()
+        .insert_header(("Location", location))
+        .finish()
 }
 
 pub async fn file(path: web::Path<String>) -> HttpResponse {
     let name = path.into_inner();
-    let name = if name.is_empty() { "index.html".to_string() } else { name };
+    let name = if name.is_empty() {
+        "index.html".to_string()
+    } else {
+        name
+    };
     let content = if name == "herald.js" {
         Some(CLIENT_JS.as_bytes().to_vec())
     } else {
@@ -30,7 +40,9 @@ pub async fn file(path: web::Path<String>) -> HttpResponse {
             .content_type(content_type(&name))
             .insert_header(("Cache-Control", "no-cache"))
             .body(bytes),
-        None => HttpResponse::NotFound().content_type("text/plain").body("not found\n"),
+        None => HttpResponse::NotFound()
+            .content_type("text/plain")
+            .body("not found\n"),
     }
 }
 

@@ -13,17 +13,26 @@ pub async fn healthz() -> HttpResponse {
 /// 200 when the pod can take connections: bus connected and not draining.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if state.is_draining() {
-        HttpResponse::ServiceUnavailable().content_type("text/plain").body("draining\n")
+        HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("draining\n")
     } else if !state.bus.is_connected() {
-        HttpResponse::ServiceUnavailable().content_type("text/plain").body("bus not connected\n")
+        HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("bus not connected\n")
     } else {
-        HttpResponse::Ok().content_type("text/plain").body("ready\n")
+        HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("ready\n")
     }
 }
 
 /// Prometheus text format.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    state.metrics.bus_connected.set(i64::from(state.bus.is_connected()));
+    state
+        .metrics
+        .bus_connected
+        .set(i64::from(state.bus.is_connected()));
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(state.metrics.render())

@@ -18,7 +18,8 @@ use crate::session::Session;
 
 fn refuse(state: &AppState, status: u16, reason: &str) -> HttpResponse {
     state.metrics.refused(status);
-    let status = actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
+    let status = actix_web::http::StatusCode::from_u16(status)
+        .unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
     HttpResponse::build(status)
         .content_type("text/plain; charset=utf-8")
         .body(format!("{reason}\n"))
@@ -35,7 +36,12 @@ fn is_websocket_request(req: &HttpRequest) -> bool {
     has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
 }
 
-pub async fn upgrade(req: HttpRequest, body: web::Payload, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+pub async fn upgrade(
+    req: HttpRequest,
+    body: web::Payload,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     if state.is_draining() {
         return refuse(&state, 503, "pod is draining");
     }
@@ -96,7 +102,14 @@ pub async fn upgrade(req: HttpRequest, body: web::Payload, path: web::Path<Strin
         replayed: since.as_ref().map(|_| 0),
     };
     tracing::debug!(session = %id, user = %user, "session open");
-    ctx.run(Session::new(id, identity, state.session.clone(), ws, stream, last_seen, welcome.to_json()));
+    ctx.run(Session::new(
+        id,
+        identity,
+        state.session.clone(),
+        ws,
+        stream,
+        last_seen,
+        welcome.to_json(),
+    ));
     response
 }
-

@@ -102,7 +102,12 @@ impl<H> Index<H> {
     }
 
     /// Decide whether a new session may attach, without changing anything.
-    pub fn admit(&self, user: &UserId, device: Option<&DeviceId>, now: Instant) -> Result<Admission, Refusal> {
+    pub fn admit(
+        &self,
+        user: &UserId,
+        device: Option<&DeviceId>,
+        now: Instant,
+    ) -> Result<Admission, Refusal> {
         let replaces = device.and_then(|d| self.devices.get(&(user.clone(), d.clone())).copied());
         if let Some(d) = device {
             if self.recent_takeovers(user, d, now) >= MAX_TAKEOVERS {
@@ -124,12 +129,19 @@ impl<H> Index<H> {
     pub fn recent_takeovers(&self, user: &UserId, device: &DeviceId, now: Instant) -> usize {
         self.takeovers
             .get(&(user.clone(), device.clone()))
-            .map_or(0, |h| h.iter().filter(|t| now.duration_since(**t) < TAKEOVER_WINDOW).count())
+            .map_or(0, |h| {
+                h.iter()
+                    .filter(|t| now.duration_since(**t) < TAKEOVER_WINDOW)
+                    .count()
+            })
     }
 
     /// Count a takeover of this device (local, or announced by another pod).
     pub fn record_takeover(&mut self, user: &UserId, device: &DeviceId, now: Instant) {
-        let history = self.takeovers.entry((user.clone(), device.clone())).or_default();
+        let history = self
+            .takeovers
+            .entry((user.clone(), device.clone()))
+            .or_default();
         history.push_back(now);
         while history.len() > MAX_TAKEOVERS + 1 {
             history.pop_front();
@@ -165,7 +177,10 @@ impl<H> Index<H> {
                 last_of_user = true;
             }
         }
-        Some(Removed { entry, last_of_user })
+        Some(Removed {
+            entry,
+            last_of_user,
+        })
     }
 
     pub fn get(&self, id: SessionId) -> Option<&Entry<H>> {
@@ -173,7 +188,11 @@ impl<H> Index<H> {
     }
 
     /// Sessions of a user, optionally only those opened with `device`.
-    pub fn of_user<'a>(&'a self, user: &UserId, device: Option<&'a DeviceId>) -> impl Iterator<Item = (SessionId, &'a Entry<H>)> + 'a {
+    pub fn of_user<'a>(
+        &'a self,
+        user: &UserId,
+        device: Option<&'a DeviceId>,
+    ) -> impl Iterator<Item = (SessionId, &'a Entry<H>)> + 'a {
         self.users
             .get(user)
             .into_iter()
@@ -206,9 +225,17 @@ impl<H> Index<H> {
 
     /// Sessions to close now: silent past the idle timeout (4002) or with an expired token
     /// (4003). Also forgets takeover history older than the window.
-    pub fn sweep(&mut self, now: Instant, now_ms: u64, now_secs: u64) -> Vec<(SessionId, CloseCode)> {
+    pub fn sweep(
+        &mut self,
+        now: Instant,
+        now_ms: u64,
+        now_secs: u64,
+    ) -> Vec<(SessionId, CloseCode)> {
         self.takeovers.retain(|_, h| {
-            while h.front().is_some_and(|t| now.duration_since(*t) >= TAKEOVER_WINDOW) {
+            while h
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= TAKEOVER_WINDOW)
+            {
                 h.pop_front();
             }
             !h.is_empty()
@@ -281,7 +308,10 @@ mod tests {
         idx.insert(SessionId::new(2), entry("a", None, 0));
         let adm = idx.admit(&u("a"), Some(&d("p")), now).unwrap();
         assert_eq!(adm.replaces, Some(SessionId::new(1)));
-        assert_eq!(idx.admit(&u("a"), Some(&d("q")), now), Err(Refusal::TooManySessions));
+        assert_eq!(
+            idx.admit(&u("a"), Some(&d("q")), now),
+            Err(Refusal::TooManySessions)
+        );
     }
 
     #[test]
@@ -289,15 +319,22 @@ mod tests {
         let mut idx: Index<()> = Index::new(limits());
         let t0 = Instant::now();
         for i in 0..3 {
-            assert!(idx.admit(&u("a"), Some(&d("p")), t0 + Duration::from_secs(i)).is_ok());
+            assert!(idx
+                .admit(&u("a"), Some(&d("p")), t0 + Duration::from_secs(i))
+                .is_ok());
             idx.record_takeover(&u("a"), &d("p"), t0 + Duration::from_secs(i));
         }
         let t = t0 + Duration::from_secs(3);
-        assert_eq!(idx.admit(&u("a"), Some(&d("p")), t), Err(Refusal::TooManyTakeovers));
+        assert_eq!(
+            idx.admit(&u("a"), Some(&d("p")), t),
+            Err(Refusal::TooManyTakeovers)
+        );
         // Another device of the same user is unaffected.
         assert!(idx.admit(&u("a"), Some(&d("q")), t).is_ok());
         // Once the first takeover is 10 s old, one more is allowed.
-        assert!(idx.admit(&u("a"), Some(&d("p")), t0 + TAKEOVER_WINDOW).is_ok());
+        assert!(idx
+            .admit(&u("a"), Some(&d("p")), t0 + TAKEOVER_WINDOW)
+            .is_ok());
         // The sweep forgets history older than the window.
         idx.sweep(t0 + Duration::from_secs(13), 0, 0);
         assert_eq!(idx.sizes()[3], ("takeovers", 0));
@@ -316,7 +353,10 @@ mod tests {
         found.sort();
         assert_eq!(
             found,
-            vec![(SessionId::new(1), CloseCode::Idle), (SessionId::new(3), CloseCode::TokenExpired)]
+            vec![
+                (SessionId::new(1), CloseCode::Idle),
+                (SessionId::new(3), CloseCode::TokenExpired)
+            ]
         );
         assert!(idx.sweep(now, 61_000, 99).len() == 1);
     }
@@ -329,7 +369,11 @@ mod tests {
         assert!(!idx.remove(SessionId::new(1)).unwrap().last_of_user);
         assert!(idx.remove(SessionId::new(1)).is_none());
         assert!(idx.remove(SessionId::new(2)).unwrap().last_of_user);
-        assert!(idx.sizes().iter().all(|(_, n)| *n == 0), "{:?}", idx.sizes());
+        assert!(
+            idx.sizes().iter().all(|(_, n)| *n == 0),
+            "{:?}",
+            idx.sizes()
+        );
     }
 
     #[test]
@@ -340,6 +384,9 @@ mod tests {
         // Removing the replaced session must not drop the newer one's device entry.
         idx.remove(SessionId::new(1));
         let now = Instant::now();
-        assert_eq!(idx.admit(&u("a"), Some(&d("p")), now).unwrap().replaces, Some(SessionId::new(2)));
+        assert_eq!(
+            idx.admit(&u("a"), Some(&d("p")), now).unwrap().replaces,
+            Some(SessionId::new(2))
+        );
     }
 }

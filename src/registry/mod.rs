@@ -76,7 +76,10 @@ impl Registry {
     }
 
     fn update_gauges(&self) {
-        self.deps.metrics.connections.set(self.index.connections() as i64);
+        self.deps
+            .metrics
+            .connections
+            .set(self.index.connections() as i64);
         self.deps.metrics.users.set(self.index.users() as i64);
     }
 
@@ -89,10 +92,21 @@ impl Registry {
         });
     }
 
-    fn presence_event(&self, user: &UserId, session: SessionId, device: Option<&DeviceId>, reason: Option<&str>) {
+    fn presence_event(
+        &self,
+        user: &UserId,
+        session: SessionId,
+        device: Option<&DeviceId>,
+        reason: Option<&str>,
+    ) {
         let event = PresenceEvent {
             user: user.to_string(),
-            event: if reason.is_some() { "disconnect" } else { "connect" }.to_string(),
+            event: if reason.is_some() {
+                "disconnect"
+            } else {
+                "connect"
+            }
+            .to_string(),
             session: session.to_string(),
             device: device.map(|d| d.to_string()),
             pod: self.deps.pod.clone(),
@@ -100,7 +114,10 @@ impl Registry {
             at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         };
         let payload = serde_json::to_vec(&event).unwrap_or_default();
-        self.publish(Outbound::new(self.deps.subjects.presence_event(user.as_str()), payload));
+        self.publish(Outbound::new(
+            self.deps.subjects.presence_event(user.as_str()),
+            payload,
+        ));
     }
 
     /// Remove a session from every index and tell whoever needs to know.
@@ -127,24 +144,33 @@ impl Registry {
 
     fn sweep(&mut self) {
         let now_ms = crate::clock::now_ms();
-        let found = self.index.sweep(Instant::now(), now_ms, crate::auth::now_secs());
+        let found = self
+            .index
+            .sweep(Instant::now(), now_ms, crate::auth::now_secs());
         for (id, code) in found {
             tracing::debug!(session = %id, code = code.code(), "evicting");
             self.close(id, code);
         }
         for (map, n) in self.index.sizes() {
-            self.deps.metrics.registry_entries.get_or_create(&MapLabels { map }).set(n as i64);
+            self.deps
+                .metrics
+                .registry_entries
+                .get_or_create(&MapLabels { map })
+                .set(n as i64);
         }
     }
 
     fn drain_tick(&mut self) {
-        let Some(drain) = self.drain.as_mut() else { return };
+        let Some(drain) = self.drain.as_mut() else {
+            return;
+        };
         let elapsed = drain.started.elapsed();
         let due = if drain.window.is_zero() || elapsed >= drain.window {
             drain.total
         } else {
             // Spread evenly: by time t, t/window of the sessions are closed.
-            ((drain.total as f64) * elapsed.as_secs_f64() / drain.window.as_secs_f64()).ceil() as usize
+            ((drain.total as f64) * elapsed.as_secs_f64() / drain.window.as_secs_f64()).ceil()
+                as usize
         };
         let closed = drain.total - drain.pending.len();
         let take = due.saturating_sub(closed).min(drain.pending.len());
@@ -162,7 +188,11 @@ impl Registry {
             .is_some_and(|d| d.pending.is_empty() && self.index.connections() == 0);
         if done {
             if let Some(d) = self.drain.take() {
-                tracing::info!(sessions = d.total, took_ms = d.started.elapsed().as_millis() as u64, "drain complete");
+                tracing::info!(
+                    sessions = d.total,
+                    took_ms = d.started.elapsed().as_millis() as u64,
+                    "drain complete"
+                );
                 for w in d.waiters {
                     let _ = w.send(());
                 }
@@ -175,7 +205,8 @@ impl Actor for Registry {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let every = (self.deps.limits.idle_timeout / 4).clamp(Duration::from_millis(50), MAX_SWEEP_INTERVAL);
+        let every = (self.deps.limits.idle_timeout / 4)
+            .clamp(Duration::from_millis(50), MAX_SWEEP_INTERVAL);
         ctx.run_interval(every, |act, _| act.sweep());
         ctx.run_interval(DRAIN_TICK, |act, _| act.drain_tick());
     }
@@ -212,7 +243,12 @@ impl Handler<Attach> for Registry {
             return Box::pin(async { Err(Refusal::Draining) });
         }
         let now = Instant::now();
-        let Identity { user, device, expires_at, .. } = msg.identity;
+        let Identity {
+            user,
+            device,
+            expires_at,
+            ..
+        } = msg.identity;
         let admission = match self.index.admit(&user, device.as_ref(), now) {
             Ok(a) => a,
             Err(r) => return Box::pin(async move { Err(r) }),
@@ -302,18 +338,28 @@ impl Handler<Deliver> for Registry {
             sent += 1;
         };
         match &d.target {
-            Target::User { user, device } => self.index.of_user(user, device.as_ref()).for_each(|(_, e)| push(&e.handle)),
+            Target::User { user, device } => self
+                .index
+                .of_user(user, device.as_ref())
+                .for_each(|(_, e)| push(&e.handle)),
             Target::Broadcast => self.index.all().for_each(|(_, e)| push(&e.handle)),
             Target::Topic(_) => {}
         }
         let source: SourceLabel = d.target.source().into();
         let m = &self.deps.metrics;
-        m.messages_in.get_or_create(&SourceLabels { source: source.clone() }).inc();
+        m.messages_in
+            .get_or_create(&SourceLabels {
+                source: source.clone(),
+            })
+            .inc();
         if sent > 0 {
-            m.messages_out.get_or_create(&SourceLabels { source }).inc_by(sent);
+            m.messages_out
+                .get_or_create(&SourceLabels { source })
+                .inc_by(sent);
             m.bytes_out.inc_by(sent * d.frame.len() as u64);
         }
-        m.delivery_latency.observe(d.received_at.elapsed().as_secs_f64());
+        m.delivery_latency
+            .observe(d.received_at.elapsed().as_secs_f64());
     }
 }
 
@@ -366,7 +412,8 @@ pub struct TakeoverNoted {
 impl Handler<TakeoverNoted> for Registry {
     type Result = ();
     fn handle(&mut self, msg: TakeoverNoted, _: &mut Context<Self>) {
-        self.index.record_takeover(&msg.user, &msg.device, Instant::now());
+        self.index
+            .record_takeover(&msg.user, &msg.device, Instant::now());
     }
 }
 
@@ -434,7 +481,11 @@ impl Handler<Drain> for Registry {
             Some(d) => d.waiters.push(tx),
             None => {
                 let pending: Vec<SessionId> = self.index.all().map(|(id, _)| id).collect();
-                tracing::info!(sessions = pending.len(), window_ms = msg.window.as_millis() as u64, "draining");
+                tracing::info!(
+                    sessions = pending.len(),
+                    window_ms = msg.window.as_millis() as u64,
+                    "draining"
+                );
                 self.drain = Some(DrainState {
                     total: pending.len(),
                     pending,

@@ -1,0 +1,361 @@
+// Herald client: a single dependency-free ES module for browsers and Node 20+.
+// The server embeds this exact file (the demo loads it from /demo/herald.js), so it
+// must stay one file with no imports. Wire format: shared PROTOCOL.md, section 1.
+
+// Close codes after which reconnecting cannot help: normal close, a policy or size
+// violation (the same frames would be refused again), a newer session took over this
+// device (reconnecting would steal it back in a loop), or an operator disconnect.
+const NO_RECONNECT = new Set([1000, 1008, 1009, 4001, 4004]);
+
+// Error frames that answer a `subscribe`. The frame carries no topic, but the server
+// answers frames in order, so the oldest unanswered subscribe is the one refused.
+const SUBSCRIBE_ERRORS = new Set(['forbidden', 'bad_topic', 'too_many_topics']);
+
+const OPEN = 1; // WebSocket.OPEN; not read from the constructor, fakes may lack it
+
+export class HeraldClient {
+  /** @param {import('./herald').HeraldOptions} options */
+  constructor(options = {}) {
+    if (!options.url) throw new TypeError('HeraldClient: options.url is required');
+    if (!options.user) throw new TypeError('HeraldClient: options.user is required');
+    this.user = options.user;
+    this.device = options.device;
+    /** Last message cursor seen; sent back as `since=` on reconnect (PROTOCOL §5). */
+    this.cursor = options.cursor;
+    /** Session id from the latest welcome frame. */
+    this.session = undefined;
+
+    this._base = options.url.replace(/\/+$/, '').replace(/^http/, 'ws'); // http->ws, https->wss
+    this._tokenOption = options.token;
+    this._WebSocket = options.WebSocket || globalThis.WebSocket;
+    if (!this._WebSocket) {
+      throw new TypeError('HeraldClient: no global WebSocket here (Node < 22): pass options.WebSocket');
+    }
+    this._backoff = { initialMs: 500, maxMs: 30000, ...options.backoff };
+    this._pingMs = options.pingIntervalMs ?? 20000;
+    this._restartMs = options.restartDelayMs ?? 3000;
+    this._connectTimeoutMs = options.connectTimeoutMs ?? 10000;
+    // Injectable so tests can drive time and jitter deterministically.
+    this._random = options.random || Math.random;
+    this._setTimeout = options.setTimeout || ((fn, ms) => globalThis.setTimeout(fn, ms));
+    this._clearTimeout = options.clearTimeout || ((id) => globalThis.clearTimeout(id));
+    this._document = 'document' in options ? options.document : globalThis.document;
+
+    this._listeners = new Map(); // event -> Set of callbacks
+    this._topics = new Map();    // topic -> { confirmed, waiters: [{resolve, reject}] }
+    this._inflight = [];         // topics subscribed on the current socket, awaiting a reply
+    this._state = 'idle';
+    this._ws = null;
+    this._opened = false;        // did the current socket ever open?
+    this._token = undefined;     // cached result of a token function
+    this._attempt = 0;           // failed attempts since the last welcome; drives backoff
+    this._gen = 0;               // bumps on every attempt/close; stale async work checks it
+    this._stopped = true;
+    this._awaitingPong = false;
+    this._timers = { reconnect: null, ping: null, connect: null };
+  }
+
+  /** "idle" before connect(), then "connecting", "open", "reconnecting" or "closed". */
+  get state() { return this._state; }
+
+  /** Subscribe to "message", "welcome", "state" or "error"; returns an unsubscribe function. */
+  on(event, fn) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
+    this._listeners.get(event).add(fn);
+    return () => this._listeners.get(event)?.delete(fn);
+  }
+
+  /** Start connecting (and keep reconnecting until close() or a final close code). */
+  connect() {
+    if (!this._stopped) return this;
+    this._stopped = false;
+    this._attempt = 0;
+    this._open('connecting');
+    return this;
+  }
+
+  /** Publish upstream (NATS `<prefix>.up.<user>`). Returns false when not connected:
+   *  nothing is queued, so an application that needs delivery retries on "open". */
+  publish(event, data) {
+    return this._send({ type: 'publish', event, data });
+  }
+
+  /** Subscribe to a topic, now and after every reconnect. Resolves with the topic once the
+   *  server confirms; rejects if the server refuses it (forbidden, bad_topic, ...). */
+  subscribe(topic) {
+    let entry = this._topics.get(topic);
+    if (entry?.confirmed) return Promise.resolve(topic);
+    const promise = new Promise((resolve, reject) => {
+      if (!entry) {
+        entry = { confirmed: false, waiters: [] };
+        this._topics.set(topic, entry);
+        this._sendSubscribe(topic); // if not open yet, the open handler sends it
+      }
+      entry.waiters.push({ resolve, reject });
+    });
+    // A caller may fire and forget; refusals are reported on "error" as well, so an
+    // unobserved rejection must not become an unhandled-rejection crash in Node.
+    promise.catch(() => {});
+    return promise;
+  }
+
+  /** Stop a topic and forget it, so it is not resubscribed after a reconnect. */
+  unsubscribe(topic) {
+    const entry = this._topics.get(topic);
+    if (!entry) return;
+    this._topics.delete(topic);
+    rejectAll(entry, new Error(`unsubscribed from ${topic}`));
+    this._send({ type: 'unsubscribe', topic });
+  }
+
+  /** Close for good (code 1000): no reconnect until connect() is called again. */
+  close() {
+    this._gen++;
+    this._stopped = true;
+    const ws = this._ws;
+    this._detach();
+    if (ws) try { ws.close(1000, 'client closed'); } catch { /* already closing */ }
+    for (const entry of this._topics.values()) rejectAll(entry, new Error('client closed'));
+    this._topics.clear();
+    this._setState('closed', { code: 1000, reason: 'client closed' });
+  }
+
+  // ---- connection lifecycle ----
+
+  async _open(state) {
+    const gen = ++this._gen;
+    if (state) this._setState(state);
+    let token;
+    try {
+      token = await this._getToken();
+    } catch (err) {
+      if (gen !== this._gen) return;
+      this._emitError('token', `token function failed: ${err?.message || err}`, err);
+      this._scheduleReconnect(1006, 'token unavailable');
+      return;
+    }
+    if (gen !== this._gen) return; // close() or another attempt overtook this one
+
+    let ws;
+    try {
+      ws = new this._WebSocket(this._url(token));
+    } catch (err) { // e.g. a malformed URL: retrying cannot fix it
+      this._emitError('transport', `cannot open WebSocket: ${err?.message || err}`, err);
+      this._stopped = true;
+      this._setState('closed', { code: 1006, reason: 'cannot open WebSocket' });
+      return;
+    }
+    this._ws = ws;
+    this._opened = false;
+    // Browsers can sit in CONNECTING for minutes on a black-holed network; give up sooner.
+    this._timers.connect = this._setTimeout(() => {
+      this._timers.connect = null;
+      if (ws === this._ws && !this._opened) this._drop('connect timeout');
+    }, this._connectTimeoutMs);
+
+    ws.onopen = () => {
+      if (ws !== this._ws) return;
+      this._clearTimer('connect');
+      this._opened = true;
+      this._awaitingPong = false;
+      this._setState('open');
+      if (ws !== this._ws) return; // a state listener called close()
+      for (const topic of this._topics.keys()) this._sendSubscribe(topic);
+      this._schedulePing();
+    };
+    ws.onmessage = (ev) => { if (ws === this._ws) this._onFrame(ev.data); };
+    ws.onerror = () => { if (ws === this._ws) this._emitError('transport', 'WebSocket error'); };
+    ws.onclose = (ev) => { if (ws === this._ws) this._onClose(ev.code, ev.reason); };
+  }
+
+  async _getToken() {
+    const t = this._tokenOption;
+    if (typeof t !== 'function') return t; // a fixed string, or none (cookie/loopback auth)
+    if (this._token === undefined) this._token = await t();
+    return this._token;
+  }
+
+  _url(token) {
+    const q = new URLSearchParams();
+    if (token) q.set('token', token);
+    if (this.device) q.set('device', this.device);
+    if (this.cursor) q.set('since', this.cursor);
+    const qs = q.toString();
+    return `${this._base}/websocket/${encodeURIComponent(this.user)}${qs ? `?${qs}` : ''}`;
+  }
+
+  _onClose(code, reason) {
+    const opened = this._opened;
+    this._detach();
+    if (this._stopped) return;
+    if (NO_RECONNECT.has(code)) {
+      this._stopped = true;
+      for (const entry of this._topics.values()) rejectAll(entry, new Error(`closed with ${code}`));
+      this._setState('closed', { code, reason });
+      return;
+    }
+    // 4003: the token expired. A socket that never opened was refused before the upgrade
+    // (401/429/503 all look alike to a browser, code 1006), possibly for a stale token.
+    // Either way the next attempt asks the token function again.
+    if (code === 4003 || !opened) this._token = undefined;
+    this._scheduleReconnect(code, reason);
+  }
+
+  _scheduleReconnect(code, reason) {
+    const { initialMs, maxMs } = this._backoff;
+    let windowMs;
+    if (code === 1012) {
+      // The pod is restarting or draining: every client it had comes back at once,
+      // so spread them over a window rather than the short first backoff step.
+      windowMs = Math.max(this._restartMs, initialMs);
+    } else {
+      // 4029 (rate limited) asks us to come back later: start a few steps up the ladder.
+      const step = code === 4029 ? Math.max(this._attempt, 3) : this._attempt;
+      windowMs = Math.min(maxMs, initialMs * 2 ** step);
+    }
+    const delayMs = Math.floor(this._random() * windowMs); // full jitter: uniform in [0, window)
+    this._attempt++;
+    this._setState('reconnecting', { code, reason, delayMs, attempt: this._attempt }, true);
+    this._timers.reconnect = this._setTimeout(() => {
+      this._timers.reconnect = null;
+      this._open();
+    }, delayMs);
+  }
+
+  /** Abandon a socket that looks dead without waiting for its close handshake. */
+  _drop(reason) {
+    const ws = this._ws;
+    ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null; // its late events mean nothing now
+    try { ws.close(4000, reason); } catch { /* not open yet or already gone */ }
+    this._emitError('transport', reason);
+    this._onClose(1006, reason);
+  }
+
+  _detach() {
+    if (this._ws) {
+      this._ws.onopen = this._ws.onmessage = this._ws.onerror = this._ws.onclose = null;
+    }
+    this._ws = null;
+    this._opened = false;
+    this._inflight = [];
+    for (const entry of this._topics.values()) entry.confirmed = false;
+    for (const name of Object.keys(this._timers)) this._clearTimer(name);
+  }
+
+  // ---- frames ----
+
+  _onFrame(raw) {
+    this._awaitingPong = false; // any frame proves the connection is alive
+    if (typeof raw !== 'string') return this._emitError('protocol', 'unexpected binary frame');
+    let frame;
+    try { frame = JSON.parse(raw); } catch { return this._emitError('protocol', 'invalid JSON frame'); }
+    switch (frame?.type) {
+      case 'welcome':
+        this._attempt = 0; // a session was established: the next failure starts the ladder over
+        this.session = frame.session;
+        this._emit('welcome', frame);
+        break;
+      case 'message':
+        if (typeof frame.cursor === 'string' && frame.cursor) this.cursor = frame.cursor;
+        this._emit('message', frame);
+        break;
+      case 'subscribed': {
+        const i = this._inflight.indexOf(frame.topic);
+        if (i >= 0) this._inflight.splice(i, 1);
+        const entry = this._topics.get(frame.topic);
+        if (entry) {
+          entry.confirmed = true;
+          for (const w of entry.waiters.splice(0)) w.resolve(frame.topic);
+        }
+        break;
+      }
+      case 'error':
+        if (SUBSCRIBE_ERRORS.has(frame.code) && this._inflight.length) {
+          const topic = this._inflight.shift();
+          const entry = this._topics.get(topic);
+          this._topics.delete(topic); // refused: do not resubscribe after reconnects
+          const err = Object.assign(new Error(frame.message || frame.code), { code: frame.code, topic });
+          if (entry) rejectAll(entry, err);
+          this._emit('error', { ...frame, topic });
+        } else {
+          this._emit('error', frame);
+        }
+        break;
+      default: // "pong", or a frame type newer than this client: nothing to do
+    }
+  }
+
+  _sendSubscribe(topic) {
+    if (this._send({ type: 'subscribe', topic })) this._inflight.push(topic);
+  }
+
+  _send(frame) {
+    const ws = this._ws;
+    if (!ws || this._state !== 'open' || ws.readyState !== OPEN) return false;
+    ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  // ---- application ping ----
+  // The server pings at the WebSocket level, which keeps it sure of us. These pings let
+  // *us* notice a dead connection (laptop sleep, network switch) that the browser would
+  // otherwise report only after minutes: no frame at all within one interval = drop.
+
+  _schedulePing() {
+    if (!(this._pingMs > 0)) return;
+    this._timers.ping = this._setTimeout(() => {
+      this._timers.ping = null;
+      if (!this._ws || this._state !== 'open') return;
+      if (this._visible()) {
+        if (this._awaitingPong) return this._drop('no reply to ping');
+        this._awaitingPong = true;
+        this._send({ type: 'ping' });
+      } else {
+        // Hidden tabs get throttled timers, so silence there proves nothing; the
+        // browser still answers the server's WebSocket pings, which keeps us alive.
+        this._awaitingPong = false;
+      }
+      this._schedulePing();
+    }, this._pingMs);
+  }
+
+  _visible() {
+    const doc = this._document;
+    return !doc || doc.visibilityState !== 'hidden';
+  }
+
+  // ---- helpers ----
+
+  _clearTimer(name) {
+    if (this._timers[name] != null) this._clearTimeout(this._timers[name]);
+    this._timers[name] = null;
+  }
+
+  _setState(state, info = {}, always = false) {
+    if (state === this._state && !always) return;
+    this._state = state;
+    this._emit('state', state, info);
+  }
+
+  _emitError(code, message, cause) {
+    this._emit('error', { type: 'error', code, message, cause });
+  }
+
+  _emit(event, ...args) {
+    for (const fn of [...(this._listeners.get(event) || [])]) {
+      try {
+        fn(...args);
+      } catch (err) {
+        // A throwing listener must not break the connection state machine; rethrow
+        // outside it so the failure still shows up in the console.
+        queueMicrotask(() => { throw err; });
+      }
+    }
+  }
+}
+
+function rejectAll(entry, err) {
+  for (const w of entry.waiters.splice(0)) w.reject(err);
+}
+
+export default HeraldClient;
