@@ -28,6 +28,8 @@ use crate::subscriber::Subscriber;
 
 /// How often a clustered pod announces itself (well under `pods::POD_DEAD_AFTER`).
 const BEACON_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a closing connection may take to flush before it is dropped.
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 /// How long to wait for WebSocket connections to finish after the drain.
 const SHUTDOWN_GRACE_SECS: u64 = 2;
 
@@ -62,14 +64,12 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
         clustered: !config.standalone(),
     })
     .start();
-    let subscriber = Subscriber::new(
-        bus.clone(),
-        registry.clone(),
-        subjects.clone(),
-        pod.clone(),
-        pods.clone(),
-    )
-    .start();
+    let cluster = Cluster {
+        bus: bus.clone(),
+        subjects: subjects.clone(),
+        pods: pods.clone(),
+    };
+    let subscriber = Subscriber::new(registry.clone(), pod.clone(), cluster.clone()).start();
     registry.do_send(SetSubscriber(subscriber));
 
     let draining = Arc::new(AtomicBool::new(false));
@@ -79,11 +79,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
     let state = web::Data::new(AppState {
         registry: registry.clone(),
         bus: bus.clone(),
-        cluster: Cluster {
-            bus: bus.clone(),
-            subjects: subjects.clone(),
-            pods: pods.clone(),
-        },
+        cluster,
         auth: config.auth.clone(),
         api_key: config.api_key.clone(),
         api_open: config.api_key.is_none() && local.ip().is_loopback(),
@@ -113,6 +109,9 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
     })
     .disable_signals()
     .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+    // After a WebSocket close frame the client waits for the server to drop the TCP
+    // connection before it reports the close (browsers do); don't make it wait long.
+    .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
     .backlog(4096)
     .max_connection_rate(1024)
     .listen(listener)

@@ -15,10 +15,14 @@ use herald_proto::{Subjects, HEADER_DEVICE, HEADER_EVENT, HEADER_MSG_ID};
 use tokio::sync::oneshot;
 
 use crate::bus::{Bus, BusMessage, Outbound, Subscription};
+use crate::cluster::Cluster;
 use crate::ids::{DeviceId, UserId};
 use crate::message::{encode_frame, new_message_id, Delivery, Target};
 use crate::pods::PodTable;
 use crate::registry::{Deliver, Kick, LocalPresence, LocalStats, Registry, TakeoverNoted};
+
+/// Queue group of the presence request/reply subject: one pod answers for the cluster.
+const PRESENCE_QUEUE: &str = "herald-presence";
 
 /// Retry a failed subscribe after this long.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
@@ -29,6 +33,7 @@ pub struct Subscriber {
     subjects: Subjects,
     pod: String,
     pods: Arc<PodTable>,
+    cluster: Cluster,
     subs: HashMap<String, SubState>,
 }
 
@@ -42,19 +47,14 @@ enum SubState {
 }
 
 impl Subscriber {
-    pub fn new(
-        bus: Arc<dyn Bus>,
-        registry: Addr<Registry>,
-        subjects: Subjects,
-        pod: String,
-        pods: Arc<PodTable>,
-    ) -> Self {
+    pub fn new(registry: Addr<Registry>, pod: String, cluster: Cluster) -> Self {
         Subscriber {
-            bus,
+            bus: cluster.bus.clone(),
             registry,
-            subjects,
+            subjects: cluster.subjects.clone(),
             pod,
-            pods,
+            pods: cluster.pods.clone(),
+            cluster,
             subs: HashMap::new(),
         }
     }
@@ -153,6 +153,9 @@ impl Subscriber {
             return self.on_control(&msg);
         } else if msg.subject == subjects.ctl_query() {
             return self.on_query(msg, ctx);
+        } else if let Some(user) = subjects.presence_user_of(&msg.subject) {
+            let user = user.to_string();
+            return self.on_presence_request(user, msg.reply, ctx);
         } else {
             tracing::debug!(subject = %msg.subject, "message on an unexpected subject");
             return;
@@ -230,6 +233,35 @@ impl Subscriber {
         }
     }
 
+    /// Answer `<prefix>.presence.<id>` for the whole cluster.
+    fn on_presence_request(
+        &mut self,
+        user: String,
+        reply: Option<String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(reply) = reply else { return };
+        let cluster = self.cluster.clone();
+        let bus = self.bus.clone();
+        ctx.spawn(
+            async move {
+                let body = match UserId::parse(&user) {
+                    Ok(user) => match cluster.presence(&user).await {
+                        Ok(p) => serde_json::to_vec(&p).unwrap_or_default(),
+                        Err(e) => {
+                            serde_json::to_vec(&serde_json::json!({ "error": e.to_string() }))
+                                .unwrap_or_default()
+                        }
+                    },
+                    Err(e) => serde_json::to_vec(&serde_json::json!({ "error": e.to_string() }))
+                        .unwrap_or_default(),
+                };
+                let _ = bus.publish(Outbound::new(reply, body)).await;
+            }
+            .into_actor(self),
+        );
+    }
+
     fn on_query(&mut self, msg: BusMessage, ctx: &mut Context<Self>) {
         let Some(reply_to) = msg.reply.clone() else {
             return;
@@ -285,6 +317,8 @@ impl Actor for Subscriber {
         ] {
             self.add(subject, None, ctx);
         }
+        let presence = self.subjects.presence_request_any();
+        self.add(presence, Some(PRESENCE_QUEUE.to_string()), ctx);
     }
 }
 

@@ -65,6 +65,11 @@ impl Subjects {
         format!("{}.presence.{user}", self.prefix)
     }
 
+    /// The user id of a `<prefix>.presence.<id>` request subject.
+    pub fn presence_user_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        self.strip(subject, "presence.")
+    }
+
     /// `<prefix>.presence.*`: what a pod listens on to answer presence requests.
     pub fn presence_request_any(&self) -> String {
         format!("{}.presence.*", self.prefix)

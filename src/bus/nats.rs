@@ -154,7 +154,11 @@ impl Bus for NatsBus {
         // The SUB is only in place once the server has processed it; a PING/PONG round
         // trip proves that. While disconnected it is re-sent on reconnect anyway.
         let _ = tokio::time::timeout(SUBSCRIBE_CONFIRM_TIMEOUT, self.client.flush()).await;
-        Ok(Box::pin(sub.map(from_message)))
+        // A "no responders" status is the server talking, not a message for the hub.
+        let messages = sub
+            .filter(|m| std::future::ready(m.status != Some(async_nats::StatusCode::NO_RESPONDERS)))
+            .map(from_message);
+        Ok(Box::pin(messages))
     }
 
     fn new_inbox(&self) -> String {
