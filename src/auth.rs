@@ -116,6 +116,17 @@ pub enum AuthError {
     WrongDevice,
 }
 
+/// Whether the identity may follow `topic`: any topic in unsigned mode, otherwise one of
+/// the token's `topics` patterns must match (no claim, no topics).
+pub fn topic_allowed(identity: &Identity, topic: &str) -> bool {
+    match &identity.topics {
+        None => identity.expires_at.is_none(),
+        Some(patterns) => patterns
+            .iter()
+            .any(|p| herald_proto::subject_matches(p, topic)),
+    }
+}
+
 /// The token of a request, first found wins: query, header, cookie.
 pub fn extract_token(req: &HttpRequest) -> Option<String> {
     if let Some(t) = query_param(req.query_string(), "token") {
@@ -314,6 +325,25 @@ mod tests {
             authenticate(&hs(), Some(&d), &u, q).unwrap_err(),
             AuthError::WrongDevice
         );
+    }
+
+    #[test]
+    fn topic_permissions_follow_the_claim_patterns() {
+        let id = |topics: Option<Vec<&str>>, exp: Option<u64>| Identity {
+            user: UserId::parse("u").unwrap(),
+            device: None,
+            topics: topics.map(|t| t.into_iter().map(str::to_string).collect()),
+            expires_at: exp,
+        };
+        let signed = id(Some(vec!["orders.*", "flash.>"]), Some(1));
+        assert!(topic_allowed(&signed, "orders.store-42"));
+        assert!(!topic_allowed(&signed, "orders.store-42.x"));
+        assert!(topic_allowed(&signed, "flash.sale.1"));
+        assert!(!topic_allowed(&signed, "flash"));
+        assert!(!topic_allowed(&signed, "payments.1"));
+        // A signed token without the claim allows no topic; unsigned mode allows any.
+        assert!(!topic_allowed(&id(None, Some(1)), "orders.1"));
+        assert!(topic_allowed(&id(None, None), "orders.1"));
     }
 
     #[test]

@@ -81,10 +81,12 @@ impl Cluster {
                     pod,
                     connections,
                     users,
+                    topics,
                 } => Some(PodStats {
                     pod,
                     connections,
                     users,
+                    topics,
                 }),
                 _ => None,
             })
@@ -94,6 +96,7 @@ impl Cluster {
         Ok(Stats {
             connections: pods.iter().map(|p| p.connections).sum(),
             users: pods.iter().map(|p| p.users).sum(),
+            topics: pods.iter().map(|p| p.topics).sum(),
             pods,
         })
     }

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub draining: Gauge,
     pub bad_frames: Counter,
     pub registry_entries: Family<MapLabels, Gauge>,
+    pub topics: Gauge,
+    pub topic_subscriptions: Gauge,
 }
 
 impl Metrics {
@@ -83,6 +85,8 @@ impl Metrics {
             draining: Gauge::default(),
             bad_frames: Counter::default(),
             registry_entries: Family::default(),
+            topics: Gauge::default(),
+            topic_subscriptions: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -131,6 +135,16 @@ impl Metrics {
             "bad_frames",
             "Client frames refused as malformed",
             m.bad_frames.clone(),
+        );
+        registry.register(
+            "topics",
+            "Topics with at least one follower on this pod",
+            m.topics.clone(),
+        );
+        registry.register(
+            "topic_subscriptions",
+            "Session-topic subscriptions on this pod",
+            m.topic_subscriptions.clone(),
         );
         registry.register(
             "registry_entries",

@@ -7,7 +7,7 @@
 //! is closed with 4008) instead of stalling anything. Liveness is stamped into an atomic
 //! the Registry's sweep reads, so eviction does not depend on this actor's socket either.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,8 +30,10 @@ use crate::config::SessionLimits;
 use crate::ids::SessionId;
 use crate::message::Frame;
 use crate::metrics::{Metrics, SourceLabel, SourceLabels};
-use crate::registry::{Detach, Registry};
+use crate::registry::{Detach, Follow, Registry, Unfollow};
 
+/// Topics one session may follow at once.
+pub const MAX_TOPICS_PER_SESSION: usize = 128;
 /// Bad frames tolerated (each answered with an error frame) before closing with 1008.
 pub const MAX_BAD_FRAMES: u32 = 5;
 /// Frames refused by the rate limit (the first answered with an error frame) before
@@ -75,6 +77,7 @@ pub struct Session {
     closing: bool,
     detach_reason: &'static str,
     welcome: Option<String>,
+    topics: HashSet<String>,
 }
 
 impl Session {
@@ -105,6 +108,7 @@ impl Session {
             closing: false,
             detach_reason: "client",
             welcome: Some(welcome),
+            topics: HashSet::new(),
             shared,
         }
     }
@@ -220,17 +224,42 @@ impl Session {
         match ClientFrame::parse(text) {
             Ok(ClientFrame::Ping) => self.send_frame(&ServerFrame::Pong, ctx),
             Ok(ClientFrame::Publish { event, data }) => self.publish_upstream(event, data, ctx),
-            Ok(ClientFrame::Subscribe { .. }) | Ok(ClientFrame::Unsubscribe { .. }) => {
-                self.send_frame(
-                    &ServerFrame::error(
-                        error_code::UNSUPPORTED,
-                        "topics are not available on this hub",
-                    ),
-                    ctx,
-                );
+            Ok(ClientFrame::Subscribe { topic }) => self.subscribe(topic, ctx),
+            Ok(ClientFrame::Unsubscribe { topic }) => {
+                if self.topics.remove(&topic) {
+                    self.shared
+                        .registry
+                        .do_send(Unfollow { id: self.id, topic });
+                }
             }
             Err(e) => self.bad_frame(&e.0, ctx),
         }
+    }
+
+    fn subscribe(&mut self, topic: String, ctx: &mut Context<Self>) {
+        if !herald_proto::is_valid_topic(&topic) {
+            let msg = "topic: 1 to 8 dot-separated tokens of A-Z a-z 0-9 _ - =, each 1 to 64 bytes";
+            return self.send_frame(&ServerFrame::error(error_code::BAD_TOPIC, msg), ctx);
+        }
+        if !crate::auth::topic_allowed(&self.identity, &topic) {
+            let msg = format!("the token does not allow topic {topic}");
+            return self.send_frame(&ServerFrame::error(error_code::FORBIDDEN, msg), ctx);
+        }
+        if !self.topics.contains(&topic) && self.topics.len() >= MAX_TOPICS_PER_SESSION {
+            let msg = format!("at most {MAX_TOPICS_PER_SESSION} topics per session");
+            return self.send_frame(&ServerFrame::error(error_code::TOO_MANY_TOPICS, msg), ctx);
+        }
+        self.topics.insert(topic.clone());
+        let follow = self.shared.registry.send(Follow {
+            id: self.id,
+            topic: topic.clone(),
+        });
+        ctx.spawn(follow.into_actor(self).map(move |res, act, ctx| {
+            // Unsubscribed meanwhile, or the session is gone: no reply.
+            if matches!(res, Ok(true)) && act.topics.contains(&topic) {
+                act.send_frame(&ServerFrame::Subscribed { topic }, ctx);
+            }
+        }));
     }
 
     fn bad_frame(&mut self, why: &str, ctx: &mut Context<Self>) {
@@ -367,12 +396,28 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Session {
 /// Queue a message frame for this session.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Push(pub Frame);
+pub struct Push {
+    pub frame: Frame,
+    /// Set for topic messages: dropped if the session unsubscribed since the fan-out,
+    /// so an unsubscribe stops delivery at once.
+    pub topic: Option<Arc<str>>,
+}
+
+impl Push {
+    pub fn new(frame: Frame) -> Push {
+        Push { frame, topic: None }
+    }
+}
 
 impl Handler<Push> for Session {
     type Result = ();
     fn handle(&mut self, msg: Push, ctx: &mut Context<Self>) {
-        self.push_text(msg.0, ctx);
+        if let Some(topic) = &msg.topic {
+            if !self.topics.contains(&**topic) {
+                return;
+            }
+        }
+        self.push_text(msg.frame, ctx);
     }
 }
 

@@ -149,6 +149,8 @@ impl Subscriber {
             Target::User { user, device }
         } else if msg.subject == subjects.broadcast() {
             Target::Broadcast
+        } else if let Some(topic) = subjects.topic_of(&msg.subject) {
+            Target::Topic(topic.to_string())
         } else if msg.subject == subjects.ctl_all() {
             return self.on_control(&msg);
         } else if msg.subject == subjects.ctl_query() {
@@ -294,6 +296,7 @@ impl Subscriber {
                             pod,
                             connections: c.connections,
                             users: c.users,
+                            topics: c.topics,
                         }
                     }
                 };

@@ -94,7 +94,7 @@ async fn presence_and_stats_follow_sessions() {
     assert_eq!(s["users"], 2);
     assert_eq!(
         s["pods"],
-        json!([{"pod": pod, "connections": 3, "users": 2}])
+        json!([{"pod": pod, "connections": 3, "users": 2, "topics": 0}])
     );
     let metrics = hub.metrics().await;
     assert_eq!(metric_value(&metrics, "herald_connections"), 3.0);

@@ -335,7 +335,7 @@ async fn a_killed_pod_is_declared_down_by_the_survivors() {
     let (_, s) = a.get_json("/api/v1/stats").await;
     assert_eq!(
         s["pods"],
-        json!([{"pod": "pod-a", "connections": 0, "users": 0}])
+        json!([{"pod": "pod-a", "connections": 0, "users": 0, "topics": 0}])
     );
     // A dead pod does not slow the answer down.
     let t = std::time::Instant::now();

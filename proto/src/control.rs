@@ -54,6 +54,7 @@ pub enum QueryReply {
         pod: String,
         connections: u64,
         users: u64,
+        topics: u64,
     },
 }
 
@@ -103,6 +104,7 @@ mod tests {
             pod: "p".into(),
             connections: 3,
             users: 2,
+            topics: 1,
         };
         assert_eq!(decode::<QueryReply>(&encode(&q)).unwrap(), q);
         assert!(decode::<Control>(b"\xff\xff\xff").is_err());

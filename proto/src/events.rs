@@ -41,7 +41,10 @@ pub struct Presence {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     pub connections: u64,
+    /// Sum over pods: a user connected to two pods counts on each.
     pub users: u64,
+    /// Sum over pods of the topics each pod has followers for.
+    pub topics: u64,
     pub pods: Vec<PodStats>,
 }
 
@@ -51,4 +54,5 @@ pub struct PodStats {
     pub pod: String,
     pub connections: u64,
     pub users: u64,
+    pub topics: u64,
 }

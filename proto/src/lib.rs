@@ -55,6 +55,22 @@ pub fn is_valid_topic(s: &str) -> bool {
     count >= 1
 }
 
+/// NATS-style pattern matching, used for subjects and for the `topics` claim of a
+/// token: `*` matches exactly one token, a final `>` matches one or more.
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (p.next(), s.next()) {
+            (Some(">"), Some(_)) => return p.next().is_none(),
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 fn is_valid_token(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
@@ -75,6 +91,22 @@ mod tests {
         for bad in ["", "a.b", "a*", "a>", "a b", "é", "a/b"] {
             assert!(!is_valid_id(bad), "{bad:?} must be refused");
         }
+    }
+
+    #[test]
+    fn patterns_follow_nats_rules() {
+        assert!(subject_matches("a.b", "a.b"));
+        assert!(!subject_matches("a.b", "a.b.c"));
+        assert!(subject_matches("a.*", "a.b"));
+        assert!(!subject_matches("a.*", "a.b.c"));
+        assert!(subject_matches("a.>", "a.b.c"));
+        assert!(!subject_matches("a.>", "a"));
+        assert!(subject_matches("*.b.>", "x.b.c.d"));
+        assert!(subject_matches(">", "anything.at.all"));
+        // `>` only counts as the last token.
+        assert!(!subject_matches("a.>.c", "a.b.c"));
+        assert!(subject_matches("orders.*", "orders.store-42"));
+        assert!(!subject_matches("orders.*", "payments.store-42"));
     }
 
     #[test]

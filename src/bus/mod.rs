@@ -144,32 +144,4 @@ pub trait Bus: Send + Sync + 'static {
 }
 
 /// NATS subject matching: `*` matches one token, a final `>` one or more.
-pub fn subject_matches(pattern: &str, subject: &str) -> bool {
-    let mut p = pattern.split('.');
-    let mut s = subject.split('.');
-    loop {
-        match (p.next(), s.next()) {
-            (Some(">"), Some(_)) => return true,
-            (Some("*"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::subject_matches;
-
-    #[test]
-    fn wildcards_follow_nats_rules() {
-        assert!(subject_matches("a.b", "a.b"));
-        assert!(!subject_matches("a.b", "a.b.c"));
-        assert!(subject_matches("a.*", "a.b"));
-        assert!(!subject_matches("a.*", "a.b.c"));
-        assert!(subject_matches("a.>", "a.b.c"));
-        assert!(!subject_matches("a.>", "a"));
-        assert!(subject_matches("*.b.>", "x.b.c.d"));
-    }
-}
+pub use herald_proto::subject_matches;

@@ -29,6 +29,8 @@ pub struct Entry<H> {
     pub last_seen: Arc<AtomicU64>,
     /// Token expiry, seconds since the epoch.
     pub expires_at: Option<u64>,
+    /// Topics the session follows.
+    pub topics: Vec<Arc<str>>,
 }
 
 /// Why a connection is refused before the upgrade.
@@ -71,6 +73,8 @@ pub struct Removed<H> {
     pub entry: Entry<H>,
     /// The user has no session left on this pod.
     pub last_of_user: bool,
+    /// Topics this session was the last local follower of.
+    pub topics_emptied: Vec<Arc<str>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +92,7 @@ pub struct Index<H> {
     users: HashMap<UserId, Vec<SessionId>>,
     devices: HashMap<(UserId, DeviceId), SessionId>,
     takeovers: HashMap<(UserId, DeviceId), VecDeque<Instant>>,
+    topics: HashMap<Arc<str>, Vec<SessionId>>,
 }
 
 impl<H> Index<H> {
@@ -98,6 +103,7 @@ impl<H> Index<H> {
             users: HashMap::new(),
             devices: HashMap::new(),
             takeovers: HashMap::new(),
+            topics: HashMap::new(),
         }
     }
 
@@ -177,10 +183,75 @@ impl<H> Index<H> {
                 last_of_user = true;
             }
         }
+        let mut topics_emptied = Vec::new();
+        for topic in &entry.topics {
+            if self.unindex_topic(topic, id) {
+                topics_emptied.push(topic.clone());
+            }
+        }
         Some(Removed {
             entry,
             last_of_user,
+            topics_emptied,
         })
+    }
+
+    /// Remove `id` from a topic's followers; true when nobody follows it any more.
+    fn unindex_topic(&mut self, topic: &str, id: SessionId) -> bool {
+        let Some(list) = self.topics.get_mut(topic) else {
+            return false;
+        };
+        list.retain(|s| *s != id);
+        if list.is_empty() {
+            self.topics.remove(topic);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Make a session follow a topic. Returns `Some(first)` — whether it is the topic's
+    /// first local follower — or `None` when the session is unknown or already follows it.
+    pub fn follow(&mut self, id: SessionId, topic: &str) -> Option<bool> {
+        let entry = self.sessions.get_mut(&id)?;
+        if entry.topics.iter().any(|t| &**t == topic) {
+            return None;
+        }
+        let key: Arc<str> = match self.topics.get_key_value(topic) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(topic),
+        };
+        entry.topics.push(key.clone());
+        let list = self.topics.entry(key).or_default();
+        list.push(id);
+        Some(list.len() == 1)
+    }
+
+    /// Stop a session following a topic. Returns true when nobody follows it any more.
+    pub fn unfollow(&mut self, id: SessionId, topic: &str) -> bool {
+        let Some(entry) = self.sessions.get_mut(&id) else {
+            return false;
+        };
+        let before = entry.topics.len();
+        entry.topics.retain(|t| &**t != topic);
+        if entry.topics.len() == before {
+            return false;
+        }
+        self.unindex_topic(topic, id)
+    }
+
+    /// Local followers of a topic.
+    pub fn followers<'a>(&'a self, topic: &str) -> impl Iterator<Item = &'a Entry<H>> + 'a {
+        self.topics
+            .get(topic)
+            .into_iter()
+            .flatten()
+            .filter_map(move |id| self.sessions.get(id))
+    }
+
+    /// Topics with at least one local follower.
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
     }
 
     pub fn get(&self, id: SessionId) -> Option<&Entry<H>> {
@@ -214,12 +285,13 @@ impl<H> Index<H> {
     }
 
     /// Sizes of every map, to prove nothing is left behind.
-    pub fn sizes(&self) -> [(&'static str, usize); 4] {
+    pub fn sizes(&self) -> [(&'static str, usize); 5] {
         [
             ("sessions", self.sessions.len()),
             ("users", self.users.len()),
             ("devices", self.devices.len()),
             ("takeovers", self.takeovers.len()),
+            ("topics", self.topics.len()),
         ]
     }
 
@@ -275,6 +347,7 @@ mod tests {
             handle: (),
             last_seen: Arc::new(AtomicU64::new(last_seen)),
             expires_at: None,
+            topics: Vec::new(),
         }
     }
 
@@ -374,6 +447,42 @@ mod tests {
             "{:?}",
             idx.sizes()
         );
+    }
+
+    #[test]
+    fn topics_track_followers_and_leave_with_their_sessions() {
+        let mut idx = Index::new(limits());
+        idx.insert(SessionId::new(1), entry("a", None, 0));
+        idx.insert(SessionId::new(2), entry("b", None, 0));
+        assert_eq!(idx.follow(SessionId::new(1), "t.x"), Some(true));
+        assert_eq!(
+            idx.follow(SessionId::new(1), "t.x"),
+            None,
+            "already following"
+        );
+        assert_eq!(idx.follow(SessionId::new(2), "t.x"), Some(false));
+        assert_eq!(
+            idx.follow(SessionId::new(9), "t.x"),
+            None,
+            "unknown session"
+        );
+        assert_eq!(idx.followers("t.x").count(), 2);
+        assert!(!idx.unfollow(SessionId::new(2), "t.x"));
+        assert!(
+            !idx.unfollow(SessionId::new(2), "t.x"),
+            "not following any more"
+        );
+        assert_eq!(idx.followers("t.x").count(), 1);
+        let removed = idx.remove(SessionId::new(1)).unwrap();
+        assert_eq!(
+            removed
+                .topics_emptied
+                .iter()
+                .map(|t| &**t)
+                .collect::<Vec<_>>(),
+            vec!["t.x"]
+        );
+        assert_eq!(idx.topic_count(), 0);
     }
 
     #[test]

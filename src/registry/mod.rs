@@ -50,6 +50,8 @@ pub struct Registry {
     subscriber: Option<Addr<Subscriber>>,
     draining: bool,
     drain: Option<DrainState>,
+    /// Session-topic pairs, for the gauge.
+    topic_subscriptions: i64,
 }
 
 struct DrainState {
@@ -68,6 +70,7 @@ impl Registry {
             subscriber: None,
             draining: false,
             drain: None,
+            topic_subscriptions: 0,
         }
     }
 
@@ -76,11 +79,11 @@ impl Registry {
     }
 
     fn update_gauges(&self) {
-        self.deps
-            .metrics
-            .connections
-            .set(self.index.connections() as i64);
-        self.deps.metrics.users.set(self.index.users() as i64);
+        let m = &self.deps.metrics;
+        m.connections.set(self.index.connections() as i64);
+        m.users.set(self.index.users() as i64);
+        m.topics.set(self.index.topic_count() as i64);
+        m.topic_subscriptions.set(self.topic_subscriptions);
     }
 
     fn publish(&self, msg: Outbound) {
@@ -124,11 +127,15 @@ impl Registry {
     fn forget(&mut self, id: SessionId, reason: &str) -> Option<Entry<Addr<Session>>> {
         let removed = self.index.remove(id)?;
         let entry = removed.entry;
-        if removed.last_of_user {
-            if let Some(sub) = &self.subscriber {
+        if let Some(sub) = &self.subscriber {
+            if removed.last_of_user {
                 sub.do_send(Interest::Remove(self.user_subject(&entry.user)));
             }
+            for topic in &removed.topics_emptied {
+                sub.do_send(Interest::Remove(self.deps.subjects.topic(topic)));
+            }
         }
+        self.topic_subscriptions -= entry.topics.len() as i64;
         self.presence_event(&entry.user, id, entry.device.as_ref(), Some(reason));
         self.update_gauges();
         self.check_drained();
@@ -283,6 +290,7 @@ impl Handler<Attach> for Registry {
                 handle: msg.session,
                 last_seen: msg.last_seen,
                 expires_at,
+                topics: Vec::new(),
             },
         );
         self.presence_event(&user, msg.id, device.as_ref(), None);
@@ -333,17 +341,29 @@ impl Handler<Deliver> for Registry {
     type Result = ();
     fn handle(&mut self, Deliver(d): Deliver, _: &mut Context<Self>) {
         let mut sent: u64 = 0;
-        let mut push = |handle: &Addr<Session>| {
-            handle.do_send(Push(d.frame.clone()));
-            sent += 1;
-        };
         match &d.target {
-            Target::User { user, device } => self
-                .index
-                .of_user(user, device.as_ref())
-                .for_each(|(_, e)| push(&e.handle)),
-            Target::Broadcast => self.index.all().for_each(|(_, e)| push(&e.handle)),
-            Target::Topic(_) => {}
+            Target::User { user, device } => {
+                for (_, e) in self.index.of_user(user, device.as_ref()) {
+                    e.handle.do_send(Push::new(d.frame.clone()));
+                    sent += 1;
+                }
+            }
+            Target::Broadcast => {
+                for (_, e) in self.index.all() {
+                    e.handle.do_send(Push::new(d.frame.clone()));
+                    sent += 1;
+                }
+            }
+            Target::Topic(topic) => {
+                let topic: Arc<str> = Arc::from(topic.as_str());
+                for e in self.index.followers(&topic) {
+                    e.handle.do_send(Push {
+                        frame: d.frame.clone(),
+                        topic: Some(topic.clone()),
+                    });
+                    sent += 1;
+                }
+            }
         }
         let source: SourceLabel = d.target.source().into();
         let m = &self.deps.metrics;
@@ -438,6 +458,7 @@ pub struct LocalStats;
 pub struct LocalCounts {
     pub connections: u64,
     pub users: u64,
+    pub topics: u64,
     pub draining: bool,
 }
 
@@ -447,8 +468,73 @@ impl Handler<LocalStats> for Registry {
         LocalCounts {
             connections: self.index.connections() as u64,
             users: self.index.users() as u64,
+            topics: self.index.topic_count() as u64,
             draining: self.draining,
         }
+    }
+}
+
+/// Make a session follow a topic. Resolves to true once the topic's messages reach this
+/// pod (so the `subscribed` reply is only sent when delivery has started), false when the
+/// session is gone.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Follow {
+    pub id: SessionId,
+    pub topic: String,
+}
+
+impl Handler<Follow> for Registry {
+    type Result = ResponseFuture<bool>;
+    fn handle(&mut self, msg: Follow, _: &mut Context<Self>) -> Self::Result {
+        if self.index.get(msg.id).is_none() {
+            return Box::pin(async { false });
+        }
+        let subject = self.deps.subjects.topic(&msg.topic);
+        if let Some(first) = self.index.follow(msg.id, &msg.topic) {
+            self.topic_subscriptions += 1;
+            self.update_gauges();
+            if first {
+                if let Some(sub) = &self.subscriber {
+                    sub.do_send(Interest::Add(subject.clone()));
+                }
+            }
+        }
+        let Some(subscriber) = self.subscriber.clone() else {
+            return Box::pin(async { true });
+        };
+        Box::pin(async move {
+            let _ = subscriber.send(AwaitInterest(subject)).await;
+            true
+        })
+    }
+}
+
+/// Stop a session following a topic.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unfollow {
+    pub id: SessionId,
+    pub topic: String,
+}
+
+impl Handler<Unfollow> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: Unfollow, _: &mut Context<Self>) {
+        let was_following = self
+            .index
+            .get(msg.id)
+            .is_some_and(|e| e.topics.iter().any(|t| **t == *msg.topic));
+        if !was_following {
+            return;
+        }
+        self.topic_subscriptions -= 1;
+        if self.index.unfollow(msg.id, &msg.topic) {
+            if let Some(sub) = &self.subscriber {
+                sub.do_send(Interest::Remove(self.deps.subjects.topic(&msg.topic)));
+            }
+        }
+        self.update_gauges();
     }
 }
 
