@@ -141,13 +141,27 @@ wait_ok() {
 }
 
 start() {
-  local herald nats n deadline ok=1
+  local herald nats n port deadline ok=1
   herald=$(find_herald)
   nats=$(find_nats)
   command -v curl >/dev/null 2>&1 || die "curl is needed for the health checks"
   mkdir -p "$DIR"
   # Keep logs and pid files out of git without touching the repository's .gitignore.
   [ -f "$DIR/.gitignore" ] || echo '*' >"$DIR/.gitignore"
+
+  # Refuse before starting anything if a port we need is held by someone else.
+  local busy=()
+  for n in "${NODES[@]}"; do
+    if ! running_pid "nats-$n" "nats-$n.conf" >/dev/null; then
+      for port in "$(nats_port "$n")" "$(route_port "$n")" "$(mon_port "$n")"; do
+        port_busy "$port" && busy+=("$port")
+      done
+    fi
+    if ! running_pid "pod-$n" "--pod-name pod-$n" >/dev/null; then
+      port_busy "$(pod_port "$n")" && busy+=("$(pod_port "$n")")
+    fi
+  done
+  [ ${#busy[@]} -eq 0 ] || die "port(s) ${busy[*]} already in use by other processes"
 
   echo "NATS ($nats):"
   for n in "${NODES[@]}"; do
@@ -243,15 +257,19 @@ expect_for() {
   if [ "$1" = nats ]; then echo "nats-$2.conf"; else echo "--pod-name pod-$2"; fi
 }
 
-# Seconds a pod may take to drain: its drain timeout (20s unless HERALD_DRAIN_TIMEOUT says
-# otherwise in plain seconds) plus herald's own margin.
+# Seconds a pod may take to stop: its drain window (HERALD_DRAIN_TIMEOUT, 20s by default)
+# plus herald's own margin. Forms other than <n>ms, <n>s and <n>m get 60 s.
 pod_stop_wait() {
   local d=${HERALD_DRAIN_TIMEOUT:-20s}
-  case "$d" in
-    *ms) echo 10 ;;
-    *s) d=${d%s}; [[ "$d" =~ ^[0-9]+$ ]] && echo $((d + 10)) || echo 40 ;;
-    *) echo 40 ;;
-  esac
+  if [[ "$d" =~ ^[0-9]+ms$ ]]; then
+    echo 10
+  elif [[ "$d" =~ ^([0-9]+)s?$ ]]; then
+    echo $((BASH_REMATCH[1] + 10))
+  elif [[ "$d" =~ ^([0-9]+)m$ ]]; then
+    echo $((BASH_REMATCH[1] * 60 + 10))
+  else
+    echo 60
+  fi
 }
 
 stop() {

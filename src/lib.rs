@@ -11,7 +11,8 @@
 //! - [`bus`]: the `Bus` seam and its engines (`memory`, `nats`).
 //! - [`cluster`]: cluster-wide presence, stats and disconnect; [`pods`]: live pod table.
 //! - [`auth`]: token extraction and JWT verification; [`ids`]: validated ids.
-//! - [`message`]: a published message and its frame, encoded once.
+//! - [`message`]: a published message and its frame, encoded once; [`dedup`]: recent
+//!   message ids, so a re-published `Nats-Msg-Id` is delivered once.
 //! - [`http`]: routes and handlers; [`metrics`]: Prometheus metrics.
 //! - [`cli`]: the `token` and `publish` subcommands.
 
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod dedup;
 pub mod http;
 pub mod ids;
 pub mod message;

@@ -164,7 +164,12 @@ impl Metrics {
             SourceLabel::topic,
             SourceLabel::upstream,
         ] {
-            let _ = m.messages_in.get_or_create(&SourceLabels { source });
+            let _ = m.messages_in.get_or_create(&SourceLabels {
+                source: source.clone(),
+            });
+            if source != SourceLabel::upstream {
+                let _ = m.messages_out.get_or_create(&SourceLabels { source });
+            }
         }
         Metrics { registry, ..m }
     }

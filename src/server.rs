@@ -11,7 +11,6 @@ use actix::{Actor, Addr};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use herald_proto::control::{self, Control};
-use herald_proto::events::PodEvent;
 use herald_proto::Subjects;
 
 use crate::bus::memory::MemoryBus;
@@ -21,7 +20,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::http::{access_log, routes, AppState};
 use crate::metrics::Metrics;
-use crate::pods::PodTable;
+use crate::pods::{publish_pod_event, PodTable};
 use crate::registry::{Drain, LocalStats, Registry, RegistryDeps, SetSubscriber};
 use crate::session::SessionShared;
 use crate::subscriber::Subscriber;
@@ -118,8 +117,9 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
     .context("serving on the listener")?
     .run();
     tracing::info!(listen = %local, pod = %pod, bus = bus.engine(), "herald is listening");
-    pod_event(&bus, &subjects, &pod, "up").await;
+    publish_pod_event(&bus, &subjects, &pod, "up").await;
 
+    let leaving = Arc::new(AtomicBool::new(false));
     if !config.standalone() {
         actix::spawn(beacon_loop(
             bus.clone(),
@@ -127,6 +127,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
             pods.clone(),
             registry.clone(),
             draining.clone(),
+            leaving.clone(),
         ));
     }
 
@@ -141,7 +142,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
         );
         draining.store(true, Ordering::Relaxed);
         metrics.draining.set(1);
-        pod_event(&drain_bus, &subjects, &pod, "draining").await;
+        publish_pod_event(&drain_bus, &subjects, &pod, "draining").await;
         let drained = registry.send(Drain {
             window: drain_timeout,
         });
@@ -150,11 +151,13 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
             _ = wait_for_signal() => tracing::warn!("second stop signal: stopping without finishing the drain"),
             _ = tokio::time::sleep(drain_timeout + Duration::from_secs(5)) => tracing::warn!("drain overran its window"),
         }
+        // No beacon may follow the goodbye, or the others would count this pod alive again.
+        leaving.store(true, Ordering::Relaxed);
         let leaving = Control::Leaving { pod: pod.clone() };
         let _ = drain_bus
             .publish(Outbound::new(subjects.ctl_all(), control::encode(&leaving)))
             .await;
-        pod_event(&drain_bus, &subjects, &pod, "down").await;
+        publish_pod_event(&drain_bus, &subjects, &pod, "down").await;
         drain_bus.flush().await;
         handle.stop(true).await;
     });
@@ -195,21 +198,6 @@ async fn wait_for_signal() {
     }
 }
 
-pub async fn pod_event(bus: &Arc<dyn Bus>, subjects: &Subjects, pod: &str, event: &str) {
-    let ev = PodEvent {
-        pod: pod.to_string(),
-        event: event.to_string(),
-        at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-    };
-    let payload = serde_json::to_vec(&ev).unwrap_or_default();
-    if let Err(e) = bus
-        .publish(Outbound::new(subjects.pod_event(), payload))
-        .await
-    {
-        tracing::debug!(error = %e, event, "pod event not published");
-    }
-}
-
 /// Announce this pod every second and declare silent pods down. Every pod expires the
 /// dead pod from its own table; only the first live pod by name publishes the `down`
 /// event, so services see it once.
@@ -219,10 +207,18 @@ async fn beacon_loop(
     pods: Arc<PodTable>,
     registry: Addr<Registry>,
     draining: Arc<AtomicBool>,
+    leaving: Arc<AtomicBool>,
 ) {
     let mut tick = tokio::time::interval(BEACON_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        let scheduled = tick.tick().await;
+        if leaving.load(Ordering::Relaxed) {
+            return;
+        }
+        // After a stall (a paused process, a starved runtime) the others' beacons are
+        // still queued: judging them now would declare healthy pods down.
+        let stalled = scheduled.elapsed() > BEACON_INTERVAL;
         let counts = registry.send(LocalStats).await.ok();
         let beacon = Control::Beacon {
             pod: pods.me().to_string(),
@@ -233,13 +229,16 @@ async fn beacon_loop(
         let _ = bus
             .publish(Outbound::new(subjects.ctl_all(), control::encode(&beacon)))
             .await;
+        if stalled {
+            tracing::warn!("beacon loop was stalled; not judging other pods this round");
+            continue;
+        }
         let dead = pods.expire(Instant::now());
-        let live = pods.live();
-        let announcer = live.iter().min().is_some_and(|m| m == pods.me());
+        let announcer = pods.is_announcer();
         for pod in dead {
             tracing::warn!(pod = %pod, "pod stopped answering; declaring it down");
             if announcer {
-                pod_event(&bus, &subjects, &pod, "down").await;
+                publish_pod_event(&bus, &subjects, &pod, "down").await;
             }
         }
     }

@@ -35,6 +35,7 @@ pub struct Subscriber {
     pods: Arc<PodTable>,
     cluster: Cluster,
     subs: HashMap<String, SubState>,
+    seen: crate::dedup::RecentIds,
 }
 
 enum SubState {
@@ -56,6 +57,7 @@ impl Subscriber {
             pods: cluster.pods.clone(),
             cluster,
             subs: HashMap::new(),
+            seen: crate::dedup::RecentIds::default(),
         }
     }
 
@@ -143,9 +145,17 @@ impl Subscriber {
             let Ok(user) = UserId::parse(user) else {
                 return;
             };
-            let device = msg
-                .header(HEADER_DEVICE)
-                .and_then(|d| DeviceId::parse(d).ok());
+            let device = match msg.header(HEADER_DEVICE) {
+                None => None,
+                Some(d) => match DeviceId::parse(d) {
+                    Ok(d) => Some(d),
+                    Err(_) => {
+                        // A device no session can have: deliver to nobody, not to everyone.
+                        tracing::debug!(subject = %msg.subject, "dropping message with an invalid Herald-Device");
+                        return;
+                    }
+                },
+            };
             Target::User { user, device }
         } else if msg.subject == subjects.broadcast() {
             Target::Broadcast
@@ -162,11 +172,16 @@ impl Subscriber {
             tracing::debug!(subject = %msg.subject, "message on an unexpected subject");
             return;
         };
-        let id = msg
-            .header(HEADER_MSG_ID)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .unwrap_or_else(new_message_id);
+        let id = match msg.header(HEADER_MSG_ID).filter(|s| !s.is_empty()) {
+            Some(id) => {
+                if self.seen.seen_before(&msg.subject, id, received_at) {
+                    tracing::debug!(subject = %msg.subject, "duplicate Nats-Msg-Id dropped");
+                    return;
+                }
+                id.to_string()
+            }
+            None => new_message_id(),
+        };
         let topic = match &target {
             Target::Topic(t) => Some(t.as_str()),
             _ => None,
@@ -229,7 +244,14 @@ impl Subscriber {
                 connections,
                 users,
             } => {
-                self.pods.beacon(&pod, draining, connections, users);
+                if self.pods.beacon(&pod, draining, connections, users) && self.pods.is_announcer()
+                {
+                    tracing::info!(pod = %pod, "pod declared down is answering again");
+                    let (bus, subjects) = (self.bus.clone(), self.subjects.clone());
+                    actix::spawn(async move {
+                        crate::pods::publish_pod_event(&bus, &subjects, &pod, "up").await;
+                    });
+                }
             }
             Control::Leaving { pod } => self.pods.leaving(&pod),
         }

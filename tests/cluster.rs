@@ -411,3 +411,22 @@ async fn herald_publish_goes_over_nats() {
     assert_eq!(m["data"], json!({"n": 1}));
     assert_eq!(m["event"], "order");
 }
+
+#[tokio::test]
+async fn an_invalid_device_header_delivers_to_nobody() {
+    let nats = Nats::start().await;
+    let a = pod(&nats, "pod-a").await;
+    let (mut ws, _) = connect(&url(&a, "u1", "&device=printer")).await;
+    let client = nats_client(&nats).await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Herald-Device", "printer 1");
+    client
+        .publish_with_headers("herald.user.u1", headers, "x".into())
+        .await
+        .unwrap();
+    client.publish("herald.user.u1", "y".into()).await.unwrap();
+    client.flush().await.unwrap();
+    // Only the second, unrestricted message arrives.
+    assert_eq!(next_json(&mut ws).await["data"], "y");
+    expect_silence(&mut ws, Duration::from_millis(300)).await;
+}

@@ -112,3 +112,17 @@ async fn upstream_publish_frames_are_accepted_in_standalone_mode() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_republished_message_id_is_delivered_once() {
+    let hub = Hub::start(&[]).await;
+    let (mut ws, _) = connect(&hub.ws_url("u1", "")).await;
+    for _ in 0..2 {
+        let (status, _) = hub
+            .publish(json!({"user": "u1", "id": "order-77", "data": 1}))
+            .await;
+        assert_eq!(status, 202);
+    }
+    assert_eq!(next_json(&mut ws).await["id"], "order-77");
+    expect_silence(&mut ws, Duration::from_millis(300)).await;
+}

@@ -41,6 +41,8 @@ impl NatsBus {
         let options = async_nats::ConnectOptions::new()
             .name(name)
             .retry_on_initial_connect()
+            // The first URL is this pod's own NATS node; the rest are fallbacks.
+            .retain_servers_order()
             .max_reconnects(None)
             .ping_interval(Duration::from_secs(5))
             .connection_timeout(Duration::from_secs(3))

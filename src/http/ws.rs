@@ -45,6 +45,10 @@ pub async fn upgrade(
     if state.is_draining() {
         return refuse(&state, 503, "pod is draining");
     }
+    if !state.bus.is_connected() {
+        // A welcome promises delivery has started; without the bus it cannot.
+        return refuse(&state, 503, "message bus unavailable");
+    }
     let user = match UserId::parse(&path) {
         Ok(u) => u,
         Err(e) => return refuse(&state, 400, &format!("bad user id: {e}")),

@@ -1,0 +1,150 @@
+//! `herald-load`: a load generator for herald over real WebSocket connections on loopback.
+//!
+//! Scenarios: `idle` (hold N connections, report connect rate and herald's RSS per
+//! connection), `broadcast` (M broadcasts via NATS to N connections: deliveries/s and
+//! latency), `addressed` (R messages/s via NATS to random users: latency and loss) and
+//! `storm` (N clients connect at once: time until all are welcomed). Each run prints a
+//! human summary and one JSON line with every figure.
+//!
+//! One process can hold about 19,000 sockets (the open-file limit is 20,000): past that,
+//! run several loader processes (and several herald pods). Source addresses are spread
+//! over 127.0.0.0/8 so one address's ephemeral ports never run out.
+
+mod conn;
+mod report;
+mod scenarios;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald-load",
+    about = "Load generator for herald (loopback only)"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// herald address (host:port); repeat for several pods, connections go round-robin.
+    #[arg(long = "hub", default_value = "127.0.0.1:8080", global = true)]
+    pub hubs: Vec<SocketAddr>,
+    /// NATS URL for publishing (broadcast and addressed scenarios).
+    #[arg(long, default_value = "nats://127.0.0.1:4222", global = true)]
+    pub nats_url: String,
+    #[arg(long, default_value = "herald", global = true)]
+    pub subject_prefix: String,
+    /// HS256 secret to sign tokens with; unset = no token (herald in unsigned mode).
+    #[arg(long, env = "HERALD_JWT_SECRET", global = true, hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// herald process ids whose RSS to report; repeatable.
+    #[arg(long = "herald-pid", global = true)]
+    pub herald_pids: Vec<u32>,
+    /// Handshakes in flight at once (not for `storm`).
+    #[arg(long, default_value_t = 256, global = true)]
+    pub concurrency: usize,
+    /// Spread source addresses over this many loopback addresses (127.0.0.2 and up).
+    #[arg(long, default_value_t = 16, global = true)]
+    pub source_ips: u8,
+    /// First source address index (127.0.0.<first>); give each loader process its own range.
+    #[arg(long, default_value_t = 2, global = true)]
+    pub first_source_ip: u8,
+    /// User id prefix; give each loader process its own.
+    #[arg(long, default_value = "load", global = true)]
+    pub user_prefix: String,
+    /// Give up waiting for deliveries after this long.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration, global = true)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Hold N connections; report connect rate, failures and herald RSS per connection.
+    Idle {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// How long to hold them after all are open.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        hold: Duration,
+    },
+    /// N connections, M broadcasts published via NATS.
+    Broadcast {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 100)]
+        messages: usize,
+        /// Broadcasts per second.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// Only listen (another process publishes the same number of broadcasts).
+        #[arg(long)]
+        no_publish: bool,
+    },
+    /// N users, R messages/s to random users via NATS for S seconds.
+    Addressed {
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// N clients connect at once (a reconnect storm).
+    Storm {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald-load: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async {
+        let c = cli.common;
+        match cli.scenario {
+            Scenario::Idle { connections, hold } => scenarios::idle(&c, connections, hold).await,
+            Scenario::Broadcast {
+                connections,
+                messages,
+                rate,
+                no_publish,
+            } => scenarios::broadcast(&c, connections, messages, rate, !no_publish).await,
+            Scenario::Addressed {
+                users,
+                rate,
+                duration,
+            } => scenarios::addressed(&c, users, rate, duration).await,
+            Scenario::Storm { connections } => scenarios::storm(&c, connections).await,
+        }
+    });
+    match result {
+        Ok(report) => {
+            report.print();
+            if report.ok() {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::from(3)
+            }
+        }
+        Err(e) => {
+            eprintln!("herald-load: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The load generator runs every scenario end to end (tiny sizes: this checks that it
+//! works and reports, not how fast anything is).
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+async fn load(hub: &Hub, nats: &Nats, args: &[&str]) -> Value {
+    let hub_addr = format!("127.0.0.1:{}", hub.port);
+    let pid = hub.pid().to_string();
+    let nats_url = nats.url();
+    let mut all = vec![
+        "--hub",
+        &hub_addr,
+        "--nats-url",
+        &nats_url,
+        "--jwt-secret",
+        SECRET,
+        "--herald-pid",
+        &pid,
+    ];
+    all.extend_from_slice(args);
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-load"))
+            .args(&all)
+            .output(),
+    )
+    .await
+    .expect("herald-load finished in time")
+    .expect("herald-load runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = stdout.lines().last().expect("a JSON line");
+    serde_json::from_str(json).expect("the last line is JSON")
+}
+
+#[tokio::test]
+async fn every_scenario_runs_and_reports() {
+    let nats = Nats::start().await;
+    let hub = Hub::secured(&["--nats-url", &nats.url()]).await;
+    let idle = load(
+        &hub,
+        &nats,
+        &["idle", "--connections", "50", "--hold", "100ms"],
+    )
+    .await;
+    assert_eq!(idle["scenario"], "idle");
+    assert_eq!(idle["held"], 50);
+    assert_eq!(idle["failures"], 0);
+    assert!(idle["herald_rss_per_conn_kib"].is_number(), "{idle}");
+    let b = load(
+        &hub,
+        &nats,
+        &[
+            "broadcast",
+            "--connections",
+            "30",
+            "--messages",
+            "5",
+            "--rate",
+            "50",
+        ],
+    )
+    .await;
+    assert_eq!(b["deliveries"], 150);
+    assert_eq!(b["complete"], true);
+    assert!(b["latency_p99_ms"].is_number());
+    let a = load(
+        &hub,
+        &nats,
+        &[
+            "addressed",
+            "--users",
+            "30",
+            "--rate",
+            "200",
+            "--duration",
+            "1s",
+        ],
+    )
+    .await;
+    assert_eq!(a["lost"], 0, "{a}");
+    assert_eq!(a["sent"], a["delivered"]);
+    let s = load(&hub, &nats, &["storm", "--connections", "100"]).await;
+    assert_eq!(s["welcomed"], 100);
+    assert!(s["all_welcomed_s"].is_number());
+}
