@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use actix_web::HttpRequest;
+use actix_http::header::{self, HeaderMap};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -127,17 +127,25 @@ pub fn topic_allowed(identity: &Identity, topic: &str) -> bool {
     }
 }
 
-/// The token of a request, first found wins: query, header, cookie.
-pub fn extract_token(req: &HttpRequest) -> Option<String> {
-    if let Some(t) = query_param(req.query_string(), "token") {
+/// The token of a request, first found wins: query, `Authorization: Bearer`, cookie
+/// `herald_token`.
+pub fn extract_token(query: &str, headers: &HeaderMap) -> Option<String> {
+    if let Some(t) = query_param(query, "token") {
         return Some(t);
     }
-    if let Some(h) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
-        if let Some(t) = h.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) {
-            return Some(t.trim().to_string());
-        }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(t) = bearer {
+        return Some(t.trim().to_string());
     }
-    req.cookie("herald_token").map(|c| c.value().to_string())
+    headers
+        .get_all(header::COOKIE)
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix("herald_token="))
+        .map(|t| t.trim_matches('"').to_string())
 }
 
 /// The first value of `name` in a query string, percent-decoded.

@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`config`]: flags and `HERALD_*` variables, validated once.
 //! - [`server`]: builds a pod (bus, actors, HTTP) and runs it until drained.
-//! - [`session`]: Session actor, one per WebSocket connection.
+//! - [`session`]: Session actor, one per WebSocket connection; [`socket`]: WebSocket
+//!   framing over the raw stream the session owns.
 //! - [`registry`]: Registry actor, owner of session state (index, limits, takeover,
 //!   eviction, presence, fan-out, drain); [`registry::index`] is its state as plain data.
 //! - [`subscriber`]: Subscriber actor, owner of the pod's bus subscriptions.
@@ -13,7 +14,8 @@
 //! - [`auth`]: token extraction and JWT verification; [`ids`]: validated ids.
 //! - [`message`]: a published message and its frame, encoded once; [`dedup`]: recent
 //!   message ids, so a re-published `Nats-Msg-Id` is delivered once.
-//! - [`http`]: routes and handlers; [`metrics`]: Prometheus metrics.
+//! - [`http`]: routes and handlers, and the upgrade hook that hands sockets to sessions;
+//!   [`metrics`]: Prometheus metrics.
 //! - [`cli`]: the `token` and `publish` subcommands.
 
 #![forbid(unsafe_code)]
@@ -33,4 +35,5 @@ pub mod pods;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod socket;
 pub mod subscriber;

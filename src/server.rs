@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr};
-use actix_web::{web, App, HttpServer};
+use actix_http::HttpService;
+use actix_service::{fn_service, map_config, IntoServiceFactory, ServiceFactoryExt};
+use actix_web::dev::AppConfig;
+use actix_web::{web, App};
 use anyhow::Context as _;
 use herald_proto::control::{self, Control};
 use herald_proto::Subjects;
@@ -98,24 +101,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
         tracing::warn!("no API key configured: /api/v1 answers 401 (set --api-key)");
     }
 
-    let app_state = state.clone();
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(app_state.clone())
-            .app_data(web::PayloadConfig::new(1 << 20))
-            .wrap(access_log())
-            .configure(routes)
-    })
-    .disable_signals()
-    .shutdown_timeout(SHUTDOWN_GRACE_SECS)
-    // After a WebSocket close frame the client waits for the server to drop the TCP
-    // connection before it reports the close (browsers do); don't make it wait long.
-    .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
-    .backlog(4096)
-    .max_connection_rate(1024)
-    .listen(listener)
-    .context("serving on the listener")?
-    .run();
+    let server = http_server(state.clone(), listener, local)?;
     tracing::info!(listen = %local, pod = %pod, bus = bus.engine(), "herald is listening");
     publish_pod_event(&bus, &subjects, &pod, "up").await;
 
@@ -164,6 +150,52 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
     server.await.context("HTTP server failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The HTTP server: actix-web for every route, and the HTTP layer's upgrade hook for
+/// WebSocket handshakes, which takes the TCP stream out of the HTTP dispatcher (and its
+/// per-connection buffers) for the life of the session.
+fn http_server(
+    state: web::Data<AppState>,
+    listener: TcpListener,
+    local: std::net::SocketAddr,
+) -> anyhow::Result<actix_server::Server> {
+    let server = actix_server::Server::build()
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+        .backlog(4096)
+        .max_concurrent_connections(200_000)
+        .listen("herald", listener, move || {
+            let app_state = state.clone();
+            let upgrade_state = state.clone();
+            let app = App::new()
+                .app_data(app_state)
+                .app_data(web::PayloadConfig::new(1 << 20))
+                .wrap(access_log())
+                .configure(routes)
+                .into_factory()
+                .map_err(|err: actix_web::Error| err.error_response());
+            HttpService::build()
+                // After a close the client waits for the server to drop the connection
+                // before it reports the close (browsers do); don't make it wait long.
+                .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+                .local_addr(local)
+                .upgrade(fn_service(move |(req, framed)| {
+                    let state = upgrade_state.clone();
+                    async move {
+                        crate::http::upgrade::serve(state, req, framed).await;
+                        Ok::<_, std::convert::Infallible>(())
+                    }
+                }))
+                .finish(map_config(app, |_| {
+                    // Host and address here only feed URL generation, which herald never uses.
+                    AppConfig::default()
+                }))
+                .tcp()
+        })
+        .context("serving on the listener")?
+        .run();
+    Ok(server)
 }
 
 /// Session ids start from the clock so ids from a restarted pod do not repeat.

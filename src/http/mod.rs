@@ -4,6 +4,7 @@
 pub mod api;
 pub mod demo;
 pub mod health;
+pub mod upgrade;
 pub mod ws;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,7 +44,7 @@ impl AppState {
 
 /// Every route herald serves.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/websocket/{user}", web::get().to(ws::upgrade))
+    cfg.route("/websocket/{user}", web::get().to(ws::not_upgraded))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(health::metrics))

@@ -1,0 +1,169 @@
+//! The WebSocket handshake at /websocket/{userId}, served by the HTTP layer's upgrade hook
+//! so herald gets the TCP stream itself once the handshake succeeds (see `socket`).
+//!
+//! Validation, authentication and the Registry's admission all happen before the answer,
+//! so every refusal is plain HTTP with a one-line reason; tokens never reach a log line.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix::{AsyncContext, Context};
+use actix_codec::Framed;
+use actix_http::{h1, HttpMessage, Request};
+use actix_web::web;
+use bytes::BytesMut;
+use herald_proto::ServerFrame;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::AppState;
+use crate::auth::{authenticate, extract_token, query_param};
+use crate::ids::{DeviceId, SessionId, UserId};
+use crate::registry::{Attach, Detach};
+use crate::session::Session;
+use crate::socket::Socket;
+
+/// A handshake refusal: status and reason.
+pub struct Refusal(pub u16, pub String);
+
+fn refusal(state: &AppState, status: u16, reason: impl Into<String>) -> Refusal {
+    state.metrics.refused(status);
+    Refusal(status, reason.into())
+}
+
+/// The user id in `/websocket/{userId}`, or the refusal for a bad one.
+pub fn user_from_path(state: &AppState, path: &str) -> Result<UserId, Refusal> {
+    let Some(raw) = path.strip_prefix("/websocket/") else {
+        return Err(refusal(state, 404, "not found"));
+    };
+    UserId::parse(raw).map_err(|e| refusal(state, 400, format!("bad user id: {e}")))
+}
+
+/// Serve one upgrade request: refuse it, or answer 101 and hand the stream to a Session.
+pub async fn serve(state: web::Data<AppState>, req: Request, framed: Framed<TcpStream, h1::Codec>) {
+    let parts = framed.into_parts();
+    let mut io = parts.io;
+    match admit(&state, &req).await {
+        Err(Refusal(status, reason)) => {
+            let _ = io
+                .write_all(refusal_response(status, &reason).as_bytes())
+                .await;
+            let _ = io.shutdown().await;
+        }
+        Ok(admitted) => {
+            let accept = actix_http::ws::hash_key(admitted.key.as_bytes());
+            let head = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {}\r\n\r\n",
+                String::from_utf8_lossy(&accept)
+            );
+            if io.write_all(head.as_bytes()).await.is_err() {
+                // The client left during the handshake: the session never starts.
+                state.registry.do_send(Detach {
+                    id: admitted.id,
+                    reason: "gone",
+                });
+                return;
+            }
+            let _ = io.set_nodelay(true);
+            let mut leftover = BytesMut::new();
+            leftover.extend_from_slice(&parts.read_buf);
+            let session = Session::new(
+                admitted.id,
+                admitted.identity,
+                state.session.clone(),
+                Socket::Tcp(io),
+                leftover,
+                admitted.last_seen,
+                admitted.welcome,
+            );
+            admitted.ctx.run(session);
+        }
+    }
+}
+
+struct Admitted {
+    id: SessionId,
+    identity: crate::auth::Identity,
+    ctx: Context<Session>,
+    last_seen: Arc<AtomicU64>,
+    welcome: String,
+    key: String,
+}
+
+async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refusal> {
+    if state.is_draining() {
+        return Err(refusal(state, 503, "pod is draining"));
+    }
+    let user = user_from_path(state, req.path())?;
+    if actix_http::ws::verify_handshake(req.head()).is_err() {
+        return Err(refusal(state, 400, "not a WebSocket request"));
+    }
+    if !state.bus.is_connected() {
+        // A welcome promises delivery has started; without the bus it cannot.
+        return Err(refusal(state, 503, "message bus unavailable"));
+    }
+    let query = req.uri().query().unwrap_or("");
+    let device = match query_param(query, "device") {
+        None => None,
+        Some(d) => {
+            Some(DeviceId::parse(&d).map_err(|e| refusal(state, 400, format!("bad device: {e}")))?)
+        }
+    };
+    let since = query_param(query, "since");
+    let token = extract_token(query, req.headers());
+    let identity = authenticate(&state.auth, token.as_deref(), &user, device)
+        .map_err(|e| refusal(state, 401, e.to_string()))?;
+    let key = req
+        .headers()
+        .get(actix_http::header::SEC_WEBSOCKET_KEY)
+        .and_then(|k| k.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+
+    let id = SessionId::new(state.next_session.fetch_add(1, Ordering::Relaxed));
+    let last_seen = Arc::new(AtomicU64::new(crate::clock::now_ms()));
+    // The actor's address exists before it runs, so the Registry can index it (and refuse
+    // it) while the handshake is still plain HTTP.
+    let ctx: Context<Session> = Context::new();
+    let attach = Attach {
+        id,
+        identity: identity.clone(),
+        session: ctx.address(),
+        last_seen: last_seen.clone(),
+    };
+    match state.registry.send(attach).await {
+        Ok(Ok(())) => {}
+        Ok(Err(r)) => return Err(refusal(state, r.status(), r.reason())),
+        Err(_) => return Err(refusal(state, 503, "hub is shutting down")),
+    }
+    let welcome = ServerFrame::Welcome {
+        session: id.to_string(),
+        user: user.to_string(),
+        pod: state.session.pod.clone(),
+        heartbeat_ms: state.session.limits.heartbeat.as_millis() as u64,
+        // Without durable mode nothing is kept, so a resume request never recovers.
+        recovered: since.as_ref().map(|_| false),
+        replayed: since.as_ref().map(|_| 0),
+    };
+    tracing::debug!(session = %id, user = %user, "session open");
+    Ok(Admitted {
+        id,
+        identity,
+        ctx,
+        last_seen,
+        welcome: welcome.to_json(),
+        key,
+    })
+}
+
+fn refusal_response(status: u16, reason: &str) -> String {
+    let phrase = actix_http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let body = format!("{reason}\n");
+    format!(
+        "HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}

@@ -1,0 +1,129 @@
+//! Client frames of a session: ping, publish (to `<prefix>.up.<userId>`), subscribe and
+//! unsubscribe, with the upstream rate limit and the bad-frame budget.
+
+use actix::prelude::*;
+use bytes::Bytes;
+use herald_proto::frame::error_code;
+use herald_proto::{
+    ClientFrame, CloseCode, ServerFrame, HEADER_DEVICE, HEADER_EVENT, HEADER_POD, HEADER_SESSION,
+};
+
+use super::{Session, MAX_BAD_FRAMES, MAX_RATE_STRIKES, MAX_TOPICS_PER_SESSION};
+use crate::bus::Outbound;
+use crate::metrics::{SourceLabel, SourceLabels};
+use crate::registry::{Follow, Unfollow};
+
+impl Session {
+    pub(super) fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        if self.limiter.check().is_err() {
+            self.rate_strikes += 1;
+            if self.rate_strikes == 1 {
+                let msg = format!(
+                    "more than {} frames per second",
+                    self.shared.limits.upstream_rate
+                );
+                self.send_frame(&ServerFrame::error(error_code::RATE_LIMITED, msg), ctx);
+            }
+            if self.rate_strikes >= MAX_RATE_STRIKES {
+                self.begin_close(CloseCode::RateLimited, ctx);
+            }
+            return;
+        }
+        self.rate_strikes = 0;
+        match ClientFrame::parse(text) {
+            Ok(ClientFrame::Ping) => self.send_frame(&ServerFrame::Pong, ctx),
+            Ok(ClientFrame::Publish { event, data }) => self.publish_upstream(event, data, ctx),
+            Ok(ClientFrame::Subscribe { topic }) => self.subscribe(topic, ctx),
+            Ok(ClientFrame::Unsubscribe { topic }) => {
+                if self.topics.remove(&topic) {
+                    self.shared
+                        .registry
+                        .do_send(Unfollow { id: self.id, topic });
+                }
+            }
+            Err(e) => self.bad_frame(&e.0, ctx),
+        }
+    }
+
+    fn subscribe(&mut self, topic: String, ctx: &mut Context<Self>) {
+        if !herald_proto::is_valid_topic(&topic) {
+            let msg = "topic: 1 to 8 dot-separated tokens of A-Z a-z 0-9 _ - =, each 1 to 64 bytes";
+            return self.send_frame(&ServerFrame::error(error_code::BAD_TOPIC, msg), ctx);
+        }
+        if !crate::auth::topic_allowed(&self.identity, &topic) {
+            let msg = format!("the token does not allow topic {topic}");
+            return self.send_frame(&ServerFrame::error(error_code::FORBIDDEN, msg), ctx);
+        }
+        if !self.topics.contains(&topic) && self.topics.len() >= MAX_TOPICS_PER_SESSION {
+            let msg = format!("at most {MAX_TOPICS_PER_SESSION} topics per session");
+            return self.send_frame(&ServerFrame::error(error_code::TOO_MANY_TOPICS, msg), ctx);
+        }
+        self.topics.insert(topic.clone());
+        let follow = self.shared.registry.send(Follow {
+            id: self.id,
+            topic: topic.clone(),
+        });
+        ctx.spawn(follow.into_actor(self).map(move |res, act, ctx| {
+            // Unsubscribed meanwhile, or the session is gone: no reply.
+            if matches!(res, Ok(true)) && act.topics.contains(&topic) {
+                act.send_frame(&ServerFrame::Subscribed { topic }, ctx);
+            }
+        }));
+    }
+
+    pub(super) fn bad_frame(&mut self, why: &str, ctx: &mut Context<Self>) {
+        self.bad_frames += 1;
+        self.shared.metrics.bad_frames.inc();
+        if self.bad_frames > MAX_BAD_FRAMES {
+            self.begin_close(CloseCode::PolicyViolation, ctx);
+        } else {
+            self.send_frame(&ServerFrame::error(error_code::BAD_FRAME, why), ctx);
+        }
+    }
+
+    fn publish_upstream(
+        &mut self,
+        event: Option<String>,
+        data: Option<Box<serde_json::value::RawValue>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let shared = &self.shared;
+        let payload = data.map_or_else(
+            || Bytes::from_static(b"null"),
+            |d| Bytes::from(String::from(Box::<str>::from(d))),
+        );
+        let mut msg = Outbound::new(shared.subjects.up(self.identity.user.as_str()), payload)
+            .header(HEADER_SESSION, self.id.to_string())
+            .header(HEADER_POD, shared.pod.clone());
+        if let Some(e) = event {
+            msg = msg.header(HEADER_EVENT, e);
+        }
+        if let Some(d) = &self.identity.device {
+            msg = msg.header(HEADER_DEVICE, d.to_string());
+        }
+        shared
+            .metrics
+            .messages_in
+            .get_or_create(&SourceLabels {
+                source: SourceLabel::upstream,
+            })
+            .inc();
+        let bus = shared.bus.clone();
+        ctx.spawn(
+            async move { bus.publish(msg).await }
+                .into_actor(self)
+                .map(|res, act, ctx| {
+                    if let Err(e) = res {
+                        tracing::debug!(session = %act.id, error = %e, "upstream publish failed");
+                        act.send_frame(
+                            &ServerFrame::error(
+                                error_code::UNAVAILABLE,
+                                "message not published: the bus is unavailable",
+                            ),
+                            ctx,
+                        );
+                    }
+                }),
+        );
+    }
+}

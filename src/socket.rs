@@ -1,0 +1,231 @@
+//! WebSocket framing over a socket the Session actor owns outright, with no buffers while
+//! idle.
+//!
+//! After the handshake herald takes the TCP stream out of the HTTP layer (see
+//! `http::upgrade`), so a connection costs its socket, its actor and its index entries,
+//! not the HTTP dispatcher's two 8 KiB buffers nor a channel into a response body. Reads go
+//! into a buffer allocated only while bytes are being parsed; writes are appended to one
+//! outbound buffer (the session's byte-bounded queue), coalesced, and written with
+//! non-blocking writes when the socket is writable, from futures that run inside the actor
+//! (`Reader`, `Flusher`), so no extra task exists per connection.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use actix_http::ws::{CloseReason, OpCode, Parser};
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+
+/// Largest header of a server frame (2 bytes + 8 bytes of length).
+pub const MAX_HEADER: usize = 10;
+
+/// What a session writes to and reads from.
+pub enum Socket {
+    Tcp(TcpStream),
+    /// Accepts every byte at once and counts it; never yields input. Benchmarks use it to
+    /// measure fan-out up to the socket without holding real sockets.
+    Counter(Arc<AtomicU64>),
+}
+
+impl Socket {
+    pub fn poll_read_ready(&self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Socket::Tcp(s) => s.poll_read_ready(cx),
+            Socket::Counter(_) => Poll::Pending,
+        }
+    }
+
+    pub fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Socket::Tcp(s) => s.try_read_buf(buf),
+            Socket::Counter(_) => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    pub fn poll_write_ready(&self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Socket::Tcp(s) => s.poll_write_ready(cx),
+            Socket::Counter(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Socket::Tcp(s) => s.try_write(buf),
+            Socket::Counter(n) => {
+                n.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                Ok(buf.len())
+            }
+        }
+    }
+}
+
+/// Append a text frame.
+pub fn text(out: &mut BytesMut, payload: &[u8]) {
+    Parser::write_message(out, payload, OpCode::Text, true, false);
+}
+
+pub fn ping(out: &mut BytesMut) {
+    Parser::write_message(out, b"", OpCode::Ping, true, false);
+}
+
+pub fn pong(out: &mut BytesMut, payload: &[u8]) {
+    Parser::write_message(out, payload, OpCode::Pong, true, false);
+}
+
+pub fn close(out: &mut BytesMut, code: u16, reason: &str) {
+    let reason = CloseReason {
+        code: actix_http::ws::CloseCode::Other(code),
+        description: Some(reason.to_string()),
+    };
+    Parser::write_close(out, Some(reason), false);
+}
+
+/// Something that owns a socket and an outbound buffer (the Session actor).
+pub trait Endpoint: actix::Actor<Context = actix::Context<Self>> {
+    fn socket(&self) -> &Socket;
+    fn inbound(&mut self) -> &mut BytesMut;
+    fn outbound(&mut self) -> &mut BytesMut;
+    /// New bytes are in `inbound()`: parse what is complete. Returns false to stop reading.
+    fn on_input(&mut self, ctx: &mut actix::Context<Self>) -> bool;
+    /// The peer closed the connection or the socket failed.
+    fn on_gone(&mut self, ctx: &mut actix::Context<Self>);
+    /// Everything queued reached the socket.
+    fn on_flushed(&mut self, ctx: &mut actix::Context<Self>);
+}
+
+/// Reads per wake-up before yielding, so one busy client cannot starve the others on the
+/// same thread.
+const READS_PER_WAKE: usize = 16;
+/// Read chunk; the buffer exists only while bytes are waiting to be parsed.
+const READ_CHUNK: usize = 4096;
+
+/// Reads the socket for as long as the actor lives.
+pub struct Reader;
+
+impl<A: Endpoint> actix::ActorFuture<A> for Reader {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut A,
+        ctx: &mut actix::Context<A>,
+        task: &mut TaskContext<'_>,
+    ) -> Poll<()> {
+        for _ in 0..READS_PER_WAKE {
+            match act.socket().poll_read_ready(task) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => {
+                    act.on_gone(ctx);
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            let mut buf = std::mem::take(act.inbound());
+            if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+                buf.reserve(READ_CHUNK);
+            }
+            let res = act.socket().try_read_buf(&mut buf);
+            *act.inbound() = buf;
+            match res {
+                Ok(0) => {
+                    act.on_gone(ctx);
+                    return Poll::Ready(());
+                }
+                Ok(_) => {
+                    if !act.on_input(ctx) {
+                        return Poll::Ready(());
+                    }
+                }
+                // Readiness was stale; the next poll registers for the next wake-up.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    act.on_gone(ctx);
+                    return Poll::Ready(());
+                }
+            }
+            release_if_empty(act.inbound());
+        }
+        task.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Writes the outbound buffer until it is empty, then ends (the session starts a new one
+/// when it queues more). Frames queued while a write is pending go out in the same write.
+pub struct Flusher;
+
+impl<A: Endpoint> actix::ActorFuture<A> for Flusher {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut A,
+        ctx: &mut actix::Context<A>,
+        task: &mut TaskContext<'_>,
+    ) -> Poll<()> {
+        loop {
+            if act.outbound().is_empty() {
+                release_if_empty(act.outbound());
+                act.on_flushed(ctx);
+                return Poll::Ready(());
+            }
+            match act.socket().poll_write_ready(task) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => {
+                    act.on_gone(ctx);
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            let out = std::mem::take(act.outbound());
+            let res = act.socket().try_write(&out);
+            *act.outbound() = out;
+            match res {
+                Ok(n) => bytes::Buf::advance(act.outbound(), n),
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    act.on_gone(ctx);
+                    return Poll::Ready(());
+                }
+            }
+        }
+    }
+}
+
+/// Give an empty buffer's memory back unless it is small: idle sessions hold nothing.
+fn release_if_empty(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 1024 {
+        *buf = BytesMut::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_encoded_unmasked_with_the_right_opcode() {
+        let mut out = BytesMut::new();
+        text(&mut out, b"hi");
+        assert_eq!(&out[..], &[0x81, 2, b'h', b'i']);
+        out.clear();
+        ping(&mut out);
+        assert_eq!(&out[..], &[0x89, 0]);
+        out.clear();
+        close(&mut out, 4001, "replaced");
+        assert_eq!(out[0], 0x88);
+        assert_eq!(u16::from_be_bytes([out[2], out[3]]), 4001);
+        assert_eq!(&out[4..], b"replaced");
+        out.clear();
+        text(&mut out, &vec![b'x'; 70_000]);
+        assert_eq!(out[1], 127, "64-bit length form");
+        assert_eq!(out.len(), 70_000 + MAX_HEADER);
+    }
+}
