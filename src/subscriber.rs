@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use futures_util::stream::{self, AbortHandle, Abortable, SelectAll, StreamExt};
 use herald_proto::control::{self, Control, Query, QueryReply};
 use herald_proto::{Subjects, HEADER_DEVICE, HEADER_EVENT, HEADER_MSG_ID};
+use std::task::Waker;
 use tokio::sync::oneshot;
 
 use crate::bus::{Bus, BusMessage, Outbound, Subscription};
@@ -35,6 +37,9 @@ pub struct Subscriber {
     pods: Arc<PodTable>,
     cluster: Cluster,
     subs: HashMap<String, SubState>,
+    /// Every active subscription, merged.
+    streams: SelectAll<Abortable<Subscription>>,
+    pump_waker: Option<Waker>,
     seen: crate::dedup::RecentIds,
 }
 
@@ -44,7 +49,8 @@ enum SubState {
         wanted: bool,
         waiters: Vec<oneshot::Sender<()>>,
     },
-    Active(SpawnHandle),
+    /// Subscribed; aborting the handle ends the stream, which unsubscribes on the bus.
+    Active(AbortHandle),
 }
 
 impl Subscriber {
@@ -57,6 +63,8 @@ impl Subscriber {
             pods: cluster.pods.clone(),
             cluster,
             subs: HashMap::new(),
+            streams: SelectAll::new(),
+            pump_waker: None,
             seen: crate::dedup::RecentIds::default(),
         }
     }
@@ -101,7 +109,11 @@ impl Subscriber {
         };
         match res {
             Ok(sub) if wanted => {
-                let handle = ctx.add_stream(sub);
+                let (stream, handle) = stream::abortable(sub);
+                self.streams.push(stream);
+                if let Some(w) = self.pump_waker.take() {
+                    w.wake();
+                }
                 self.subs.insert(subject, SubState::Active(handle));
                 waiters.into_iter().for_each(|w| {
                     let _ = w.send(());
@@ -126,12 +138,13 @@ impl Subscriber {
         }
     }
 
-    fn remove(&mut self, subject: &str, ctx: &mut Context<Self>) {
+    fn remove(&mut self, subject: &str) {
         match self.subs.get_mut(subject) {
             Some(SubState::Pending { wanted, .. }) => *wanted = false,
             Some(SubState::Active(handle)) => {
-                // Cancelling drops the subscription stream, which unsubscribes on the bus.
-                ctx.cancel_future(*handle);
+                // The aborted stream ends at its next poll and is dropped from the set,
+                // which unsubscribes on the bus.
+                handle.abort();
                 self.subs.remove(subject);
             }
             None => {}
@@ -335,6 +348,7 @@ impl Actor for Subscriber {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.spawn(Pump);
         for subject in [
             self.subjects.broadcast(),
             self.subjects.ctl_all(),
@@ -347,14 +361,38 @@ impl Actor for Subscriber {
     }
 }
 
-impl StreamHandler<BusMessage> for Subscriber {
-    fn handle(&mut self, msg: BusMessage, ctx: &mut Context<Self>) {
-        self.on_message(msg, ctx);
-    }
+/// Messages handled per wake-up before yielding to the mailbox.
+const MESSAGES_PER_WAKE: usize = 256;
 
-    // A subscription stream ending (unsubscribed, or the bus closed it) must not stop the
-    // actor, which is StreamHandler's default.
-    fn finished(&mut self, _: &mut Context<Self>) {}
+/// Drains every subscription. All of them live in one `SelectAll`, which polls only the
+/// streams that were woken: adding each subscription to the actor context instead would
+/// poll every one of them on every message, which is quadratic with thousands of users.
+struct Pump;
+
+impl ActorFuture<Subscriber> for Pump {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        act: &mut Subscriber,
+        ctx: &mut Context<Subscriber>,
+        task: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        use std::task::Poll;
+        for _ in 0..MESSAGES_PER_WAKE {
+            match act.streams.poll_next_unpin(task) {
+                Poll::Ready(Some(msg)) => act.on_message(msg, ctx),
+                // No subscription at all: wait until one is added.
+                Poll::Ready(None) => {
+                    act.pump_waker = Some(task.waker().clone());
+                    return Poll::Pending;
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        task.waker().wake_by_ref();
+        Poll::Pending
+    }
 }
 
 /// Start or end interest in a subject.
@@ -370,7 +408,7 @@ impl Handler<Interest> for Subscriber {
     fn handle(&mut self, msg: Interest, ctx: &mut Context<Self>) {
         match msg {
             Interest::Add(s) => self.add(s, None, ctx),
-            Interest::Remove(s) => self.remove(&s, ctx),
+            Interest::Remove(s) => self.remove(&s),
         }
     }
 }

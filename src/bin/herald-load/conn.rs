@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use tokio::net::TcpSocket;
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::Common;
@@ -134,7 +135,13 @@ pub async fn open(
         url.push_str("?token=");
         url.push_str(&token);
     }
-    let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), stream).await?;
+    // Small buffers: the loader holds thousands of mostly idle connections (the library's
+    // defaults reserve 128 KiB each).
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config)).await?;
     Ok(tokio::spawn(async move {
         while let Some(Ok(msg)) = ws.next().await {
             match msg {
