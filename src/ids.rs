@@ -63,6 +63,11 @@ impl SessionId {
     pub fn new(n: u64) -> SessionId {
         SessionId(n)
     }
+
+    /// Which of `n` slots this session falls in (ids are sequential, so slots fill evenly).
+    pub fn slot(self, n: u64) -> u64 {
+        self.0 % n.max(1)
+    }
 }
 
 impl fmt::Display for SessionId {

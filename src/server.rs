@@ -59,6 +59,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
             max_sessions_per_user: config.registry.max_sessions_per_user,
             idle_timeout: config.registry.idle_timeout,
         },
+        heartbeat: config.session.heartbeat,
         bus: bus.clone(),
         subjects: subjects.clone(),
         pod: pod.clone(),

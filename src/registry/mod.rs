@@ -24,18 +24,23 @@ use crate::bus::{Bus, Outbound};
 use crate::ids::{DeviceId, SessionId, UserId};
 use crate::message::{Delivery, Target};
 use crate::metrics::{MapLabels, Metrics, SourceLabel, SourceLabels};
-use crate::session::{Close, Push, Session};
+use crate::session::{Close, Heartbeat, Push, Session};
 use crate::subscriber::{AwaitInterest, Interest, Subscriber};
 pub use index::{Entry, Index, Limits, Refusal};
 
 /// How often the sweep looks for idle and expired sessions, at most.
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Pings are sent in this many slices per heartbeat, so they are spread over the interval
+/// instead of leaving in one burst.
+const PING_SLICES: u32 = 100;
 /// Drain closes sessions in slices this often.
 const DRAIN_TICK: Duration = Duration::from_millis(50);
 
 /// Everything the Registry needs from the rest of the pod.
 pub struct RegistryDeps {
     pub limits: Limits,
+    /// WebSocket ping interval.
+    pub heartbeat: Duration,
     pub bus: Arc<dyn Bus>,
     pub subjects: Subjects,
     pub pod: String,
@@ -52,6 +57,7 @@ pub struct Registry {
     drain: Option<DrainState>,
     /// Session-topic pairs, for the gauge.
     topic_subscriptions: i64,
+    ping_slice: u64,
 }
 
 struct DrainState {
@@ -71,6 +77,7 @@ impl Registry {
             draining: false,
             drain: None,
             topic_subscriptions: 0,
+            ping_slice: 0,
         }
     }
 
@@ -149,6 +156,19 @@ impl Registry {
         }
     }
 
+    /// Ping one slice of the sessions: over one heartbeat every session gets one ping,
+    /// with one pod-wide timer instead of one per session.
+    fn ping_slice(&mut self) {
+        let slices = u64::from(PING_SLICES);
+        let slice = self.ping_slice % slices;
+        self.ping_slice = self.ping_slice.wrapping_add(1);
+        for (id, e) in self.index.all() {
+            if id.slot(slices) == slice {
+                e.handle.do_send(Heartbeat);
+            }
+        }
+    }
+
     fn sweep(&mut self) {
         let now_ms = crate::clock::now_ms();
         let found = self
@@ -216,6 +236,8 @@ impl Actor for Registry {
             .clamp(Duration::from_millis(50), MAX_SWEEP_INTERVAL);
         ctx.run_interval(every, |act, _| act.sweep());
         ctx.run_interval(DRAIN_TICK, |act, _| act.drain_tick());
+        let every = (self.deps.heartbeat / PING_SLICES).max(Duration::from_millis(1));
+        ctx.run_interval(every, |act, _| act.ping_slice());
     }
 }
 

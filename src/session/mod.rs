@@ -1,6 +1,7 @@
 //! Session actor: one per WebSocket connection. It owns the connection's socket, reads and
 //! answers client frames (`inbound`), queues server frames in a byte-bounded outbound
-//! buffer, pings every heartbeat and enforces the per-session limits.
+//! buffer, pings when the Registry says so (every heartbeat) and enforces the per-session
+//! limits.
 //!
 //! Writing never blocks the actor: frames are appended to the outbound buffer and written
 //! by a `Flusher` when the socket is writable, so a client that stops reading fills the
@@ -297,12 +298,6 @@ impl Actor for Session {
         if !self.inbound.is_empty() && !self.parse_input(ctx) {
             return;
         }
-        ctx.run_interval(self.shared.limits.heartbeat, |act, ctx| {
-            if !act.closing {
-                socket::ping(&mut act.outbound);
-                act.flush(ctx);
-            }
-        });
     }
 
     fn stopping(&mut self, _: &mut Context<Self>) -> Running {
@@ -339,6 +334,22 @@ impl Handler<Push> for Session {
             }
         }
         self.push_text(msg.frame.as_bytes(), ctx);
+    }
+}
+
+/// Send a WebSocket ping. The Registry sends these every heartbeat, spread over the
+/// interval, so sessions need no timer of their own.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Heartbeat;
+
+impl Handler<Heartbeat> for Session {
+    type Result = ();
+    fn handle(&mut self, _: Heartbeat, ctx: &mut Context<Self>) {
+        if !self.closing {
+            socket::ping(&mut self.outbound);
+            self.flush(ctx);
+        }
     }
 }
 
