@@ -294,9 +294,9 @@ impl Actor for Session {
             self.push_text(w.as_bytes(), ctx);
         }
         ctx.spawn(Reader);
-        // Bytes that arrived with the handshake.
-        if !self.inbound.is_empty() && !self.parse_input(ctx) {
-            return;
+        // Bytes that arrived with the handshake (a protocol error there closes the session).
+        if !self.inbound.is_empty() {
+            self.parse_input(ctx);
         }
     }
 
