@@ -1,25 +1,39 @@
 //! In-process bus for standalone mode and tests: NATS subject semantics (wildcards, queue
 //! groups, request/reply inboxes) without a network.
 //!
-//! Subscriptions are unbounded channels: the only consumer is the pod's own Subscriber
-//! actor, which drains them as fast as it hands messages on.
+//! Subscriptions are unbounded queues: the only consumer is the pod's own Subscriber
+//! actor, which drains them as fast as it hands messages on. A queue allocates nothing
+//! until a message arrives (a channel would allocate a block of slots per subscription,
+//! and standalone mode has one subscription per connected user).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use async_trait::async_trait;
 use futures_util::Stream;
-use tokio::sync::mpsc;
 
 use super::{subject_matches, Bus, BusError, BusMessage, Outbound, Subscription};
+
+/// Messages waiting for one subscription, and who to wake when one arrives.
+#[derive(Default)]
+struct Inbox {
+    messages: VecDeque<BusMessage>,
+    waker: Option<Waker>,
+}
+
+type SharedInbox = Arc<Mutex<Inbox>>;
+
+fn lock_inbox(inbox: &SharedInbox) -> std::sync::MutexGuard<'_, Inbox> {
+    inbox.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 struct Sub {
     pattern: String,
     queue: Option<String>,
-    tx: mpsc::UnboundedSender<BusMessage>,
+    inbox: SharedInbox,
 }
 
 #[derive(Default)]
@@ -72,13 +86,20 @@ impl MemoryBus {
 struct MemorySubscription {
     id: u64,
     bus: MemoryBus,
-    rx: mpsc::UnboundedReceiver<BusMessage>,
+    inbox: SharedInbox,
 }
 
 impl Stream for MemorySubscription {
     type Item = BusMessage;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<BusMessage>> {
-        self.rx.poll_recv(cx)
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<BusMessage>> {
+        let mut inbox = lock_inbox(&self.inbox);
+        match inbox.messages.pop_front() {
+            Some(m) => Poll::Ready(Some(m)),
+            None => {
+                inbox.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -127,11 +148,16 @@ impl Bus for MemoryBus {
             headers: msg.headers,
             payload: msg.payload,
         };
+        let mut wake = Vec::new();
         for id in plain {
             if let Some(sub) = inner.subs.get(&id) {
-                let _ = sub.tx.send(delivered.clone());
+                let mut inbox = lock_inbox(&sub.inbox);
+                inbox.messages.push_back(delivered.clone());
+                wake.extend(inbox.waker.take());
             }
         }
+        drop(inner);
+        wake.into_iter().for_each(Waker::wake);
         Ok(())
     }
 
@@ -141,7 +167,7 @@ impl Bus for MemoryBus {
         queue: Option<String>,
     ) -> Result<Subscription, BusError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let inbox = SharedInbox::default();
         let mut inner = self.lock();
         if subject.split('.').any(|t| t == "*" || t == ">") {
             inner.wildcard.push(id);
@@ -153,14 +179,14 @@ impl Bus for MemoryBus {
             Sub {
                 pattern: subject,
                 queue,
-                tx,
+                inbox: inbox.clone(),
             },
         );
         drop(inner);
         Ok(Box::pin(MemorySubscription {
             id,
             bus: self.clone(),
-            rx,
+            inbox,
         }))
     }
 

@@ -108,7 +108,11 @@ pub fn target(c: &Common, i: usize) -> (SocketAddr, Ipv4Addr, String) {
     let hub = c.hubs[i % c.hubs.len()];
     let ip = c.first_source_ip as usize + i % c.source_ips.max(1) as usize;
     let src = Ipv4Addr::new(127, 0, 0, ip.min(254) as u8);
-    (hub, src, format!("{}{i}", c.user_prefix))
+    (
+        hub,
+        src,
+        format!("{}{}", c.user_prefix, i / c.sessions_per_user.max(1)),
+    )
 }
 
 /// Open connection `i` and spawn its reader. Returns a handle that closes it when dropped.
@@ -162,6 +166,18 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// CPU time (user + system) a process has used, in seconds, from /proc.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // Linux reports clock ticks; USER_HZ is 100 on every platform herald targets.
+    Some((utime + stime) / 100.0)
 }
 
 #[cfg(test)]

@@ -59,6 +59,9 @@ pub struct Common {
     /// User id prefix; give each loader process its own.
     #[arg(long, default_value = "load", global = true)]
     pub user_prefix: String,
+    /// Sessions per user: connection i belongs to user i / this (the user's tabs).
+    #[arg(long, default_value_t = 1, global = true)]
+    pub sessions_per_user: usize,
     /// Give up waiting for deliveries after this long.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration, global = true)]
     pub timeout: Duration,

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use futures_util::stream::{self, StreamExt};
 use rand::Rng;
 
-use crate::conn::{now_ns, open, rss_kib, target, Shared};
+use crate::conn::{cpu_secs, now_ns, open, rss_kib, target, Shared};
 use crate::report::{ms, Report};
 use crate::Common;
 
@@ -70,6 +70,25 @@ async fn wait_for(shared: &Arc<Shared>, timeout: Duration, cond: impl Fn(&Shared
         }
         // Counters change far more often than we need to look; poll gently.
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn cpu_total(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| cpu_secs(*p)).sum()
+}
+
+/// herald CPU per unit of work between two readings, in microseconds.
+fn cpu_figure(r: &mut Report, before: Option<f64>, pids: &[u32], units: u64, what: &str) {
+    if let (Some(b), Some(a)) = (before, cpu_total(pids)) {
+        let per = (a - b) * 1e6 / units.max(1) as f64;
+        r.figure(
+            &format!("herald_cpu_us_per_{what}"),
+            (per * 100.0).round() / 100.0,
+            format!("herald CPU: {:.2} s, {per:.2} µs per {what}", a - b),
+        );
     }
 }
 
@@ -174,6 +193,7 @@ pub async fn broadcast(
     let mut r = Report::new("broadcast");
     connection_figures(&mut r, n, &opened, &shared);
     let expected = (opened.handles.len() * messages) as u64;
+    let cpu_before = cpu_total(&c.herald_pids);
     let started_ns = now_ns();
     if publish {
         let nats = async_nats::connect(&c.nats_url)
@@ -240,6 +260,7 @@ pub async fn broadcast(
         r.value("reach_all_max_ms", ms(*max));
     }
     latency_figures(&mut r, &shared);
+    cpu_figure(&mut r, cpu_before, &c.herald_pids, delivered, "delivery");
     if !complete {
         r.failed = true;
     }
@@ -260,6 +281,7 @@ pub async fn addressed(
     let nats = async_nats::connect(&c.nats_url)
         .await
         .context("connecting to NATS")?;
+    let cpu_before = cpu_total(&c.herald_pids);
     let started = Instant::now();
     let mut sent = 0usize;
     let mut rng = rand::rng();
@@ -301,6 +323,7 @@ pub async fn addressed(
     );
     r.value("lost", lost);
     latency_figures(&mut r, &shared);
+    cpu_figure(&mut r, cpu_before, &c.herald_pids, sent as u64, "message");
     if !complete {
         r.failed = true;
     }
