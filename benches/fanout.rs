@@ -113,7 +113,12 @@ fn fanout(c: &mut Criterion) {
         br#"{"price":42}"#,
     );
     let wire = frame.len() as u64 + 2; // one-byte length header for frames under 126 bytes
-    for n in [100usize, 10_000, 100_000] {
+    // FANOUT_SIZES=100,1000 keeps the test suite's smoke run small.
+    let sizes: Vec<usize> = std::env::var("FANOUT_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![100, 10_000, 100_000]);
+    for n in sizes {
         let sys = actix::System::new();
         let pod = sys.block_on(pod_with_sessions(n));
         group.throughput(Throughput::Elements(n as u64));

@@ -22,6 +22,9 @@ cargo clippy --all-targets --workspace -- -D warnings
 echo "== cargo test"
 cargo test --workspace
 
+echo "== benches run (smoke: each benchmark once, small sizes)"
+FANOUT_SIZES=100,1000 cargo test --benches
+
 echo "== JS client unit tests"
 node --test clients/js/test/*.test.js
 

@@ -19,6 +19,7 @@ pub const POD_DEAD_AFTER: Duration = Duration::from_secs(4);
 #[derive(Debug, Clone)]
 pub struct PodInfo {
     pub last_beacon: Instant,
+    pub started: u64,
     pub draining: bool,
     pub connections: u64,
     pub users: u64,
@@ -30,16 +31,23 @@ const REMEMBER_DOWN: Duration = Duration::from_secs(600);
 /// Live pods, this one included.
 pub struct PodTable {
     me: String,
+    started: u64,
     // A std Mutex: tiny critical sections, never held across an await.
     pods: Mutex<HashMap<String, PodInfo>>,
-    /// Pods declared down, and when: one that beacons again was only stalled.
-    down: Mutex<HashMap<String, Instant>>,
+    /// Pods declared down: when, and which run of the pod (its start time). The same run
+    /// beaconing again was only stalled.
+    down: Mutex<HashMap<String, (Instant, u64)>>,
 }
 
 impl PodTable {
     pub fn new(me: String) -> PodTable {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         PodTable {
             me,
+            started,
             pods: Mutex::new(HashMap::new()),
             down: Mutex::new(HashMap::new()),
         }
@@ -53,9 +61,15 @@ impl PodTable {
         &self.me
     }
 
-    /// Record a beacon. Returns true when the pod had been declared down: it was stalled,
-    /// not dead, and services should hear it is up again.
-    pub fn beacon(&self, pod: &str, draining: bool, connections: u64, users: u64) -> bool {
+    /// When this pod's run started (ms since the epoch), for its beacons.
+    pub fn started(&self) -> u64 {
+        self.started
+    }
+
+    /// Record a beacon. Returns true when this pod should announce the sender `up`: the
+    /// same run of it was declared down (it stalled rather than died; a restarted pod
+    /// announces itself), and this pod is the announcer among the others.
+    pub fn beacon(&self, pod: &str, started: u64, draining: bool, connections: u64, users: u64) -> bool {
         if pod == self.me {
             return false;
         }
@@ -64,17 +78,20 @@ impl PodTable {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(pod)
-            .is_some();
+            .is_some_and(|(_, run)| run == started);
+        // Judge the announcer before the returning pod is back in the table.
+        let announce = was_down && self.is_announcer();
         self.lock().insert(
             pod.to_string(),
             PodInfo {
                 last_beacon: Instant::now(),
+                started,
                 draining,
                 connections,
                 users,
             },
         );
-        was_down
+        announce
     }
 
     pub fn leaving(&self, pod: &str) {
@@ -84,17 +101,19 @@ impl PodTable {
     /// Forget pods silent for too long; returns their names.
     pub fn expire(&self, now: Instant) -> Vec<String> {
         let mut dead = Vec::new();
+        let mut runs = Vec::new();
         self.lock().retain(|name, info| {
             let alive = now.duration_since(info.last_beacon) < POD_DEAD_AFTER;
             if !alive {
                 dead.push(name.clone());
+                runs.push(info.started);
             }
             alive
         });
         let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
-        down.retain(|_, at| now.duration_since(*at) < REMEMBER_DOWN);
-        for name in &dead {
-            down.insert(name.clone(), now);
+        down.retain(|_, (at, _)| now.duration_since(*at) < REMEMBER_DOWN);
+        for (name, run) in dead.iter().zip(runs) {
+            down.insert(name.clone(), (now, run));
         }
         dead
     }
@@ -142,19 +161,27 @@ mod tests {
     #[test]
     fn silent_pods_expire_and_self_is_always_live() {
         let t = PodTable::new("a".into());
-        t.beacon("b", false, 1, 1);
-        t.beacon("a", false, 1, 1);
+        t.beacon("b", 7, false, 1, 1);
+        t.beacon("a", 7, false, 1, 1);
         assert_eq!(t.live(), vec!["a", "b"]);
         assert!(t.expire(Instant::now()).is_empty());
         assert!(t.is_announcer());
         let dead = t.expire(Instant::now() + POD_DEAD_AFTER);
         assert_eq!(dead, vec!["b"]);
         assert_eq!(t.live_count(), 1);
-        // A pod declared down that beacons again was stalled: report it back up.
-        assert!(t.beacon("b", false, 0, 0));
-        assert!(!t.beacon("b", false, 0, 0));
+        // The same run of a pod declared down beacons again: it was stalled, report it up.
+        assert!(t.beacon("b", 7, false, 0, 0));
+        assert!(!t.beacon("b", 7, false, 0, 0));
+        // A restarted pod (a new run) announces itself; nobody else does.
+        t.expire(Instant::now() + POD_DEAD_AFTER);
+        assert!(!t.beacon("b", 8, false, 0, 0));
+        // Only the announcer reports it, judged without the returning pod: "a" < "b".
         let other = PodTable::new("c".into());
-        other.beacon("b", false, 0, 0);
+        other.beacon("b", 7, false, 0, 0);
         assert!(!other.is_announcer());
+        let first = PodTable::new("b".into());
+        first.beacon("a", 7, false, 0, 0);
+        first.expire(Instant::now() + POD_DEAD_AFTER);
+        assert!(first.beacon("a", 7, false, 0, 0), "b announces a, the pod before it by name");
     }
 }

@@ -253,8 +253,12 @@ async fn beacon_loop(
         // still queued: judging them now would declare healthy pods down.
         let stalled = scheduled.elapsed() > BEACON_INTERVAL;
         let counts = registry.send(LocalStats).await.ok();
+        if leaving.load(Ordering::Relaxed) {
+            return;
+        }
         let beacon = Control::Beacon {
             pod: pods.me().to_string(),
+            started: pods.started(),
             draining: draining.load(Ordering::Relaxed),
             connections: counts.map_or(0, |c| c.connections),
             users: counts.map_or(0, |c| c.users),

@@ -253,12 +253,12 @@ impl Subscriber {
             }
             Control::Beacon {
                 pod,
+                started,
                 draining,
                 connections,
                 users,
             } => {
-                if self.pods.beacon(&pod, draining, connections, users) && self.pods.is_announcer()
-                {
+                if self.pods.beacon(&pod, started, draining, connections, users) {
                     tracing::info!(pod = %pod, "pod declared down is answering again");
                     let (bus, subjects) = (self.bus.clone(), self.subjects.clone());
                     actix::spawn(async move {

@@ -28,6 +28,9 @@ pub enum Control {
     /// A pod's periodic liveness beacon, with its counts.
     Beacon {
         pod: String,
+        /// When this run of the pod started (ms since the epoch): tells a stalled pod
+        /// from a restarted one.
+        started: u64,
         draining: bool,
         connections: u64,
         users: u64,
