@@ -113,7 +113,7 @@ fn fanout(c: &mut Criterion) {
         br#"{"price":42}"#,
     );
     let wire = frame.len() as u64 + 2; // one-byte length header for frames under 126 bytes
-    // FANOUT_SIZES=100,1000 keeps the test suite's smoke run small.
+                                       // FANOUT_SIZES=100,1000 keeps the test suite's smoke run small.
     let sizes: Vec<usize> = std::env::var("FANOUT_SIZES")
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())

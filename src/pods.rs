@@ -69,7 +69,14 @@ impl PodTable {
     /// Record a beacon. Returns true when this pod should announce the sender `up`: the
     /// same run of it was declared down (it stalled rather than died; a restarted pod
     /// announces itself), and this pod is the announcer among the others.
-    pub fn beacon(&self, pod: &str, started: u64, draining: bool, connections: u64, users: u64) -> bool {
+    pub fn beacon(
+        &self,
+        pod: &str,
+        started: u64,
+        draining: bool,
+        connections: u64,
+        users: u64,
+    ) -> bool {
         if pod == self.me {
             return false;
         }
@@ -182,6 +189,9 @@ mod tests {
         let first = PodTable::new("b".into());
         first.beacon("a", 7, false, 0, 0);
         first.expire(Instant::now() + POD_DEAD_AFTER);
-        assert!(first.beacon("a", 7, false, 0, 0), "b announces a, the pod before it by name");
+        assert!(
+            first.beacon("a", 7, false, 0, 0),
+            "b announces a, the pod before it by name"
+        );
     }
 }

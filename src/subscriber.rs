@@ -258,7 +258,10 @@ impl Subscriber {
                 connections,
                 users,
             } => {
-                if self.pods.beacon(&pod, started, draining, connections, users) {
+                if self
+                    .pods
+                    .beacon(&pod, started, draining, connections, users)
+                {
                     tracing::info!(pod = %pod, "pod declared down is answering again");
                     let (bus, subjects) = (self.bus.clone(), self.subjects.clone());
                     actix::spawn(async move {

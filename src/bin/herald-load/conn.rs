@@ -30,6 +30,7 @@ pub struct Shared {
     pub closed: AtomicUsize,
     pub deliveries: AtomicU64,
     pub last_delivery_ns: AtomicU64,
+    pub first_delivery_ns: AtomicU64,
     /// Latency in nanoseconds, sharded to keep lock contention low.
     latency: Vec<Mutex<Histogram<u64>>>,
     /// Per message sequence: how many sessions got it, and the slowest arrival.
@@ -45,6 +46,7 @@ impl Shared {
             closed: AtomicUsize::new(0),
             deliveries: AtomicU64::new(0),
             last_delivery_ns: AtomicU64::new(0),
+            first_delivery_ns: AtomicU64::new(u64::MAX),
             latency: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(
@@ -80,6 +82,7 @@ impl Shared {
         }
         self.deliveries.fetch_add(1, Ordering::Relaxed);
         self.last_delivery_ns.fetch_max(now, Ordering::Relaxed);
+        self.first_delivery_ns.fetch_min(now, Ordering::Relaxed);
     }
 
     /// All latency shards merged.

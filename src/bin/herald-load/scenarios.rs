@@ -214,6 +214,15 @@ pub async fn broadcast(
     })
     .await;
     let delivered = shared.deliveries.load(Ordering::Relaxed);
+    // A listen-only loader does not know when publishing began: count from its first delivery.
+    let started_ns = if publish {
+        started_ns
+    } else {
+        shared
+            .first_delivery_ns
+            .load(Ordering::Relaxed)
+            .min(now_ns())
+    };
     let span_ns = shared
         .last_delivery_ns
         .load(Ordering::Relaxed)
@@ -260,7 +269,9 @@ pub async fn broadcast(
         r.value("reach_all_max_ms", ms(*max));
     }
     latency_figures(&mut r, &shared);
-    cpu_figure(&mut r, cpu_before, &c.herald_pids, delivered, "delivery");
+    if delivered > 0 {
+        cpu_figure(&mut r, cpu_before, &c.herald_pids, delivered, "delivery");
+    }
     if !complete {
         r.failed = true;
     }
