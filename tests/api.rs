@@ -132,27 +132,19 @@ async fn disconnect_closes_every_session_of_the_user_with_4004() {
 async fn herald_publish_over_http_delivers() {
     let hub = Hub::start(&[]).await;
     let (mut ws, _) = connect(&hub.ws_url("u1", "")).await;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "publish",
-            "--http",
-            &hub.http(),
-            "--user",
-            "u1",
-            "--event",
-            "order",
-            r#"{"id":"A-9"}"#,
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = herald_cli(&[
+        "publish",
+        "--http",
+        &hub.http(),
+        "--user",
+        "u1",
+        "--event",
+        "order",
+        r#"{"id":"A-9"}"#,
+    ])
+    .await;
     let m = next_json(&mut ws).await;
     assert_eq!(m["event"], "order");
     assert_eq!(m["data"], json!({"id": "A-9"}));
-    assert_eq!(m["id"], String::from_utf8_lossy(&out.stdout).trim());
+    assert_eq!(m["id"], stdout);
 }

@@ -388,28 +388,21 @@ async fn herald_publish_goes_over_nats() {
     let nats = Nats::start().await;
     let a = pod(&nats, "pod-a").await;
     let (mut ws, _) = connect(&url(&a, "u1", "")).await;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "publish",
-            "--nats-url",
-            &nats.url(),
-            "--user",
-            "u1",
-            "--event",
-            "order",
-            r#"{"n":1}"#,
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let id = herald_cli(&[
+        "publish",
+        "--nats-url",
+        &nats.url(),
+        "--user",
+        "u1",
+        "--event",
+        "order",
+        r#"{"n":1}"#,
+    ])
+    .await;
     let m = next_json(&mut ws).await;
     assert_eq!(m["data"], json!({"n": 1}));
     assert_eq!(m["event"], "order");
+    assert_eq!(m["id"], id, "the id the CLI printed is the message id");
 }
 
 #[tokio::test]

@@ -140,27 +140,20 @@ async fn topic_interest_follows_followers_across_pods() {
         subscribe(&mut on_b, "sale.countdown").await["type"],
         "subscribed"
     );
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "publish",
-            "--nats-url",
-            &nats.url(),
-            "--topic",
-            "sale.countdown",
-            "10",
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let id = herald_cli(&[
+        "publish",
+        "--nats-url",
+        &nats.url(),
+        "--topic",
+        "sale.countdown",
+        "10",
+    ])
+    .await;
     for ws in [&mut on_a, &mut on_b] {
         let m = next_json(ws).await;
         assert_eq!(m["topic"], "sale.countdown");
         assert_eq!(m["data"], 10);
+        assert_eq!(m["id"], id, "one message id on every pod");
     }
     expect_silence(&mut idle_b, Duration::from_millis(300)).await;
     // The session's topics leave with it: no leaked interest.

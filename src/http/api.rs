@@ -143,7 +143,13 @@ pub async fn publish(req: HttpRequest, body: Bytes, state: web::Data<AppState>) 
     }
 }
 
-fn user_of(path: &str) -> Result<UserId, HttpResponse> {
+/// The API key check, then the user id of the path.
+fn authorized_user(
+    req: &HttpRequest,
+    state: &AppState,
+    path: &str,
+) -> Result<UserId, HttpResponse> {
+    authorize(req, state)?;
     UserId::parse(path).map_err(|e| bad_request(format!("bad user id: {e}")))
 }
 
@@ -152,10 +158,7 @@ pub async fn presence(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if let Err(r) = authorize(&req, &state) {
-        return r;
-    }
-    let user = match user_of(&path) {
+    let user = match authorized_user(&req, &state, &path) {
         Ok(u) => u,
         Err(r) => return r,
     };
@@ -180,10 +183,7 @@ pub async fn disconnect(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if let Err(r) = authorize(&req, &state) {
-        return r;
-    }
-    let user = match user_of(&path) {
+    let user = match authorized_user(&req, &state, &path) {
         Ok(u) => u,
         Err(r) => return r,
     };

@@ -347,6 +347,26 @@ pub async fn close_code_or_gone(ws: &mut Ws, within: Duration) -> Option<u16> {
     }
 }
 
+/// Run the herald binary with `args` (e.g. `publish …`); asserts it succeeds and returns
+/// its standard output.
+pub async fn herald_cli(args: &[&str]) -> String {
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("herald command finished in time")
+    .expect("herald command runs");
+    assert!(
+        out.status.success(),
+        "herald {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 pub async fn send_text(ws: &mut Ws, text: &str) {
     tokio::time::timeout(WAIT, ws.send(Message::text(text)))
         .await
