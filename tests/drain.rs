@@ -37,3 +37,25 @@ async fn sigterm_drains_sessions_with_1012_over_the_window_and_exits_0() {
     );
     assert_eq!(hub.wait_exit(Duration::from_secs(15)).await, Some(0));
 }
+
+#[tokio::test]
+async fn the_drain_ends_as_soon_as_no_session_is_left() {
+    let mut hub = Hub::start(&["--drain-timeout", "30s"]).await;
+    let (mut first, _) = connect(&hub.ws_url("a", "")).await;
+    let (mut second, _) = connect(&hub.ws_url("b", "")).await;
+    let started = Instant::now();
+    hub.signal("TERM");
+    hub.wait_ready(503).await;
+    // The drain closes one session at once and the other only 15 s in; both clients leave
+    // by themselves now (closing one the drain already closed is harmless).
+    for ws in [&mut first, &mut second] {
+        let _ = ws.close(None).await;
+        let _ = close_code_or_gone(ws, WAIT).await;
+    }
+    assert_eq!(hub.wait_exit(Duration::from_secs(25)).await, Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "drain waited {:?} with no session left",
+        started.elapsed()
+    );
+}

@@ -209,10 +209,9 @@ impl Registry {
     }
 
     fn check_drained(&mut self) {
-        let done = self
-            .drain
-            .as_ref()
-            .is_some_and(|d| d.pending.is_empty() && self.index.connections() == 0);
+        // Sessions that left on their own need no closing: once none is left, the drain
+        // is done, even if the window has not run out.
+        let done = self.drain.is_some() && self.index.connections() == 0;
         if done {
             if let Some(d) = self.drain.take() {
                 tracing::info!(

@@ -21,7 +21,10 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_http::ws::{OpCode, Parser, ProtocolError};
 use bytes::BytesMut;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::clock::MonotonicClock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use herald_proto::{CloseCode, ServerFrame, Subjects};
 
 use crate::auth::Identity;
@@ -54,6 +57,12 @@ pub struct SessionShared {
     pub limits: SessionLimits,
 }
 
+/// The upstream rate limiter. `MonotonicClock` (std `Instant`) rather than the default
+/// clock: creating the default one per session calibrated a TSC clock each time, about a
+/// tenth of the CPU of a reconnect storm (docs/performance.md).
+type Limiter =
+    RateLimiter<NotKeyed, InMemoryState, MonotonicClock, NoOpMiddleware<std::time::Instant>>;
+
 pub struct Session {
     id: SessionId,
     identity: Identity,
@@ -67,7 +76,7 @@ pub struct Session {
     fragments: Option<(OpCode, BytesMut)>,
     flushing: bool,
     last_seen: Arc<AtomicU64>,
-    limiter: DefaultDirectRateLimiter,
+    limiter: Limiter,
     rate_strikes: u32,
     bad_frames: u32,
     closing: bool,
@@ -99,7 +108,10 @@ impl Session {
             fragments: None,
             flushing: false,
             last_seen,
-            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            limiter: RateLimiter::direct_with_clock(
+                Quota::per_second(rate).allow_burst(burst),
+                MonotonicClock,
+            ),
             rate_strikes: 0,
             bad_frames: 0,
             closing: false,
