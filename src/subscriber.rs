@@ -437,15 +437,3 @@ impl Handler<AwaitInterest> for Subscriber {
         }
     }
 }
-
-/// Number of subjects the Subscriber holds or is subscribing (for tests).
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct SubscriptionCount;
-
-impl Handler<SubscriptionCount> for Subscriber {
-    type Result = usize;
-    fn handle(&mut self, _: SubscriptionCount, _: &mut Context<Self>) -> usize {
-        self.subs.len()
-    }
-}

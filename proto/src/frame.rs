@@ -186,7 +186,6 @@ pub mod error_code {
     pub const BAD_TOPIC: &str = "bad_topic";
     pub const TOO_MANY_TOPICS: &str = "too_many_topics";
     pub const UNAVAILABLE: &str = "unavailable";
-    pub const UNSUPPORTED: &str = "unsupported";
 }
 
 #[cfg(test)]

@@ -64,23 +64,6 @@ impl MemoryBus {
         // matters more than stopping delivery, so recover the guard.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
-
-    /// Number of live subscriptions (for tests of interest routing).
-    pub fn subscription_count(&self) -> usize {
-        self.lock().subs.len()
-    }
-
-    /// Whether some subscription matches this subject.
-    pub fn has_interest(&self, subject: &str) -> bool {
-        let inner = self.lock();
-        inner.exact.get(subject).is_some_and(|v| !v.is_empty())
-            || inner.wildcard.iter().any(|id| {
-                inner
-                    .subs
-                    .get(id)
-                    .is_some_and(|s| subject_matches(&s.pattern, subject))
-            })
-    }
 }
 
 struct MemorySubscription {

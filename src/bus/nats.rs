@@ -80,10 +80,6 @@ impl NatsBus {
         }
         Ok(NatsBus { client })
     }
-
-    pub fn client(&self) -> &async_nats::Client {
-        &self.client
-    }
 }
 
 fn to_header_map(headers: &[(String, String)]) -> Option<async_nats::HeaderMap> {

@@ -559,18 +559,6 @@ impl Handler<Unfollow> for Registry {
     }
 }
 
-/// Index sizes, for tests and the leak check.
-#[derive(Message)]
-#[rtype(result = "Vec<(&'static str, usize)>")]
-pub struct IndexSizes;
-
-impl Handler<IndexSizes> for Registry {
-    type Result = Vec<(&'static str, usize)>;
-    fn handle(&mut self, _: IndexSizes, _: &mut Context<Self>) -> Self::Result {
-        self.index.sizes().to_vec()
-    }
-}
-
 /// Stop admitting sessions and close every open one with 1012, spread evenly over
 /// `window`. Resolves when no session is left.
 #[derive(Message)]
