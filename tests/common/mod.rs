@@ -21,6 +21,20 @@ pub const API_KEY: &str = "test-api-key";
 /// Generous upper bound for one expected event.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// Poll `url` until it answers `status`, or fail after `within` saying `what` was awaited.
+pub async fn wait_for_status(url: &str, status: u16, within: Duration, what: &str) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Ok(r) = reqwest::get(url).await {
+            if r.status() == status {
+                return;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -73,38 +87,20 @@ impl Hub {
 
     pub async fn wait_healthy(&self) {
         let url = format!("{}/healthz", self.http());
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = reqwest::get(&url).await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "herald did not become healthy on port {}",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let what = format!("herald did not become healthy on port {}", self.port);
+        wait_for_status(&url, 200, Duration::from_secs(20), &what).await;
     }
 
     /// Wait until /readyz answers `status`.
     pub async fn wait_ready(&self, status: u16) {
         let url = format!("{}/readyz", self.http());
-        let deadline = tokio::time::Instant::now() + WAIT * 3;
-        loop {
-            if let Ok(r) = reqwest::get(&url).await {
-                if r.status() == status {
-                    return;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "/readyz never answered {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_for_status(
+            &url,
+            status,
+            WAIT * 3,
+            &format!("/readyz never answered {status}"),
+        )
+        .await;
     }
 
     pub fn http(&self) -> String {
@@ -470,19 +466,7 @@ impl Nats {
 
     pub async fn wait_up(&self) {
         let url = format!("http://127.0.0.1:{}/healthz", self.monitor_port);
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Ok(r) = reqwest::get(&url).await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nats-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_for_status(&url, 200, WAIT, "nats-server did not start").await;
     }
 
     pub fn url(&self) -> String {

@@ -2,28 +2,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { HeraldClient } from '../herald.js';
-import { fakeWebSocket, fakeClock, flush } from '../testkit/fakes.js';
+import { flush, setupClient } from '../testkit/fakes.js';
 
 const ALMOST_ONE = 1 - 1e-9; // random() just below 1: the delay lands at the top of its window
 
 function setup(options = {}) {
-  const ws = fakeWebSocket();
-  const clock = fakeClock();
-  const client = new HeraldClient({
-    url: 'ws://hub.test:8080',
-    user: 'merchant1',
-    WebSocket: ws.FakeWebSocket,
-    setTimeout: clock.setTimeout,
-    clearTimeout: clock.clearTimeout,
-    random: () => 0.5,
-    document: null,
-    ...options,
-  });
-  const states = [];
-  const errors = [];
-  client.on('state', (state, info) => states.push({ state, ...info }));
-  client.on('error', (err) => errors.push(err));
-  return { client, ws, clock, states, errors };
+  return setupClient(HeraldClient, options);
 }
 
 async function connected(options) {

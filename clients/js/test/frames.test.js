@@ -2,24 +2,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { HeraldClient } from '../herald.js';
-import { fakeWebSocket, fakeClock, flush } from '../testkit/fakes.js';
+import { flush, setupClient } from '../testkit/fakes.js';
 
 function setup(options = {}) {
-  const ws = fakeWebSocket();
-  const clock = fakeClock();
-  const client = new HeraldClient({
-    url: 'ws://hub.test:8080',
-    user: 'merchant1',
-    WebSocket: ws.FakeWebSocket,
-    setTimeout: clock.setTimeout,
-    clearTimeout: clock.clearTimeout,
-    random: () => 0,
-    document: null,
-    ...options,
-  });
-  const errors = [];
-  client.on('error', (e) => errors.push(e));
-  return { client, ws, clock, errors };
+  return setupClient(HeraldClient, { random: () => 0, ...options });
 }
 
 async function reconnect(t, code = 4002) {

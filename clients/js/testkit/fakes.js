@@ -57,3 +57,27 @@ export function fakeClock() {
 
 /** Let pending promise callbacks (e.g. an awaited token) run; not a time-based sleep. */
 export const flush = () => new Promise((resolve) => setImmediate(resolve));
+
+/**
+ * A client wired to a fake WebSocket and a fake clock, recording `state` and `error`
+ * events. `options` override the defaults (e.g. `random`).
+ */
+export function setupClient(HeraldClient, options = {}) {
+  const ws = fakeWebSocket();
+  const clock = fakeClock();
+  const client = new HeraldClient({
+    url: 'ws://hub.test:8080',
+    user: 'merchant1',
+    WebSocket: ws.FakeWebSocket,
+    setTimeout: clock.setTimeout,
+    clearTimeout: clock.clearTimeout,
+    random: () => 0.5,
+    document: null,
+    ...options,
+  });
+  const states = [];
+  const errors = [];
+  client.on('state', (state, info) => states.push({ state, ...info }));
+  client.on('error', (err) => errors.push(err));
+  return { client, ws, clock, states, errors };
+}
