@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr, AsyncContext, Context};
+use actix::{Actor, Addr};
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use herald::auth::Identity;
@@ -16,8 +16,8 @@ use herald::config::SessionLimits;
 use herald::ids::{SessionId, UserId};
 use herald::message::{encode_frame, Delivery, Target};
 use herald::metrics::Metrics;
-use herald::registry::{Attach, Deliver, Limits, Registry, RegistryDeps};
-use herald::session::{Session, SessionShared};
+use herald::registry::{Deliver, Limits, Registry, RegistryDeps};
+use herald::session::{reserve, Session, SessionShared};
 use herald::socket::Socket;
 use herald_proto::frame::Source;
 use herald_proto::Subjects;
@@ -68,16 +68,7 @@ async fn pod_with_sessions(n: usize) -> Pod {
             topics: None,
             expires_at: None,
         };
-        let last_seen = Arc::new(AtomicU64::new(herald::clock::now_ms()));
-        let ctx: Context<Session> = Context::new();
-        let attach = Attach {
-            id,
-            identity: identity.clone(),
-            session: ctx.address(),
-            last_seen: last_seen.clone(),
-        };
-        registry
-            .send(attach)
+        let reserved = reserve(&registry, id, &identity)
             .await
             .expect("registry alive")
             .expect("admitted");
@@ -87,10 +78,10 @@ async fn pod_with_sessions(n: usize) -> Pod {
             shared.clone(),
             Socket::Counter(written.clone()),
             BytesMut::new(),
-            last_seen,
+            reserved.last_seen,
             "{}".into(),
         );
-        ctx.run(session);
+        reserved.ctx.run(session);
     }
     // Let every session start and write its welcome.
     let welcomes = n as u64 * 4;

@@ -32,30 +32,13 @@ async fn next_nats(sub: &mut async_nats::Subscriber) -> async_nats::Message {
         .expect("subscription open")
 }
 
-/// Poll the NATS server until the pod's subscriptions satisfy `cond`.
-async fn wait_subs(nats: &Nats, pod: &str, cond: impl Fn(&[String]) -> bool) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let subs = nats.subs_of(pod).await;
-        if cond(&subs) {
-            return subs;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "subscriptions of {pod} never matched: {subs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_pod_holds_a_user_subject_exactly_while_the_user_is_connected() {
     let nats = Nats::start().await;
     let a = pod(&nats, "pod-a").await;
-    let base = wait_subs(&nats, "pod-a", |s| {
-        s.contains(&"herald.broadcast".to_string())
-    })
-    .await;
+    let base = nats
+        .wait_subs("pod-a", |s| s.contains(&"herald.broadcast".to_string()))
+        .await;
     assert!(
         !base.iter().any(|s| s.starts_with("herald.user.")),
         "{base:?}"
@@ -88,7 +71,7 @@ async fn a_pod_holds_a_user_subject_exactly_while_the_user_is_connected() {
         .contains(&"herald.user.u1".to_string()));
     t2.close(None).await.unwrap();
     let _ = close_code_or_gone(&mut t2, WAIT).await;
-    wait_subs(&nats, "pod-a", |s| {
+    nats.wait_subs("pod-a", |s| {
         !s.iter().any(|x| x.starts_with("herald.user."))
     })
     .await;
@@ -374,10 +357,8 @@ async fn sessions_survive_a_nats_outage_and_delivery_resumes() {
     );
     let nats = Nats::spawn(port, monitor, cluster, &[]).await;
     a.wait_ready(200).await;
-    wait_subs(&nats, "pod-a", |s| {
-        s.contains(&"herald.user.u1".to_string())
-    })
-    .await;
+    nats.wait_subs("pod-a", |s| s.contains(&"herald.user.u1".to_string()))
+        .await;
     let (status, _) = a.publish(json!({"user": "u1", "data": "back"})).await;
     assert_eq!(status, 202);
     assert_eq!(next_json(&mut ws).await["data"], "back");

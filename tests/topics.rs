@@ -158,36 +158,18 @@ async fn topic_interest_follows_followers_across_pods() {
     expect_silence(&mut idle_b, Duration::from_millis(300)).await;
     // The session's topics leave with it: no leaked interest.
     on_b.close(None).await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while nats
-        .subs_of("pod-b")
-        .await
-        .iter()
-        .any(|s| s.starts_with("herald.topic."))
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pod-b kept topic interest"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    nats.wait_subs("pod-b", |s| {
+        !s.iter().any(|x| x.starts_with("herald.topic."))
+    })
+    .await;
     // And an unsubscribe drops it too.
     send_text(
         &mut on_a,
         r#"{"type":"unsubscribe","topic":"sale.countdown"}"#,
     )
     .await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while nats
-        .subs_of("pod-a")
-        .await
-        .iter()
-        .any(|s| s.starts_with("herald.topic."))
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pod-a kept topic interest"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    nats.wait_subs("pod-a", |s| {
+        !s.iter().any(|x| x.starts_with("herald.topic."))
+    })
+    .await;
 }

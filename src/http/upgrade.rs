@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use actix::{AsyncContext, Context};
+use actix::Context;
 use actix_codec::Framed;
 use actix_http::{h1, HttpMessage, Request};
 use actix_web::web;
@@ -19,8 +19,8 @@ use tokio::net::TcpStream;
 use super::AppState;
 use crate::auth::{authenticate, extract_token, query_param};
 use crate::ids::{DeviceId, SessionId, UserId};
-use crate::registry::{Attach, Detach};
-use crate::session::Session;
+use crate::registry::Detach;
+use crate::session::{reserve, Session};
 use crate::socket::Socket;
 
 /// A handshake refusal: status and reason.
@@ -121,21 +121,11 @@ async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refusal> {
         .to_string();
 
     let id = SessionId::new(state.next_session.fetch_add(1, Ordering::Relaxed));
-    let last_seen = Arc::new(AtomicU64::new(crate::clock::now_ms()));
-    // The actor's address exists before it runs, so the Registry can index it (and refuse
-    // it) while the handshake is still plain HTTP.
-    let ctx: Context<Session> = Context::new();
-    let attach = Attach {
-        id,
-        identity: identity.clone(),
-        session: ctx.address(),
-        last_seen: last_seen.clone(),
-    };
-    match state.registry.send(attach).await {
-        Ok(Ok(())) => {}
+    let reserved = match reserve(&state.registry, id, &identity).await {
+        Ok(Ok(r)) => r,
         Ok(Err(r)) => return Err(refusal(state, r.status(), r.reason())),
         Err(_) => return Err(refusal(state, 503, "hub is shutting down")),
-    }
+    };
     let welcome = ServerFrame::Welcome {
         session: id.to_string(),
         user: user.to_string(),
@@ -149,8 +139,8 @@ async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refusal> {
     Ok(Admitted {
         id,
         identity,
-        ctx,
-        last_seen,
+        ctx: reserved.ctx,
+        last_seen: reserved.last_seen,
         welcome: welcome.to_json(),
         key,
     })

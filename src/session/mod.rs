@@ -33,7 +33,7 @@ use crate::config::SessionLimits;
 use crate::ids::SessionId;
 use crate::message::Frame;
 use crate::metrics::Metrics;
-use crate::registry::{Detach, Registry};
+use crate::registry::{Attach, Detach, Refusal, Registry};
 use crate::socket::{self, Endpoint, Flusher, Reader, Socket};
 
 /// Topics one session may follow at once.
@@ -319,6 +319,34 @@ impl Actor for Session {
         });
         Running::Stop
     }
+}
+
+/// A session the Registry has indexed but that does not run yet: its context, whose
+/// address the Registry holds, and its liveness stamp.
+pub struct Reserved {
+    pub ctx: Context<Session>,
+    pub last_seen: Arc<AtomicU64>,
+}
+
+/// Index a new session before it runs. The actor's address exists before the actor does,
+/// so the Registry can admit (or refuse) it while the handshake is still plain HTTP.
+pub async fn reserve(
+    registry: &Addr<Registry>,
+    id: SessionId,
+    identity: &Identity,
+) -> Result<Result<Reserved, Refusal>, MailboxError> {
+    let last_seen = Arc::new(AtomicU64::new(crate::clock::now_ms()));
+    let ctx: Context<Session> = Context::new();
+    let attach = Attach {
+        id,
+        identity: identity.clone(),
+        session: ctx.address(),
+        last_seen: last_seen.clone(),
+    };
+    Ok(registry
+        .send(attach)
+        .await?
+        .map(|()| Reserved { ctx, last_seen }))
 }
 
 /// Queue a message frame for this session.

@@ -503,6 +503,22 @@ impl Nats {
             .collect()
     }
 
+    /// Poll the server until the pod's subscriptions satisfy `cond`.
+    pub async fn wait_subs(&self, pod: &str, cond: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let subs = self.subs_of(pod).await;
+            if cond(&subs) {
+                return subs;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "subscriptions of {pod} never matched: {subs:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
