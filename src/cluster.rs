@@ -107,6 +107,7 @@ impl Cluster {
             user: user.to_string(),
             device: None,
             except: None,
+            before_ms: None,
             code: CloseCode::Disconnected.code(),
             // Not this pod's name: this pod must act on its own kick too.
             from_pod: String::new(),

@@ -41,10 +41,7 @@ pub struct PodTable {
 
 impl PodTable {
     pub fn new(me: String) -> PodTable {
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let started = crate::clock::wall_ms();
         PodTable {
             me,
             started,

@@ -229,6 +229,7 @@ impl Subscriber {
                 user,
                 device,
                 except,
+                before_ms,
                 code,
                 ..
             } => {
@@ -243,6 +244,7 @@ impl Subscriber {
                     user,
                     device,
                     except,
+                    before_ms,
                     code,
                 });
             }

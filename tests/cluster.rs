@@ -404,3 +404,42 @@ async fn an_invalid_device_header_delivers_to_nobody() {
     assert_eq!(next_json(&mut ws).await["data"], "y");
     expect_silence(&mut ws, Duration::from_millis(300)).await;
 }
+
+#[tokio::test]
+async fn a_late_takeover_kick_never_closes_a_newer_session() {
+    let nats = Nats::start().await;
+    let a = pod(&nats, "pod-a").await;
+    let before_connect = herald::clock::wall_ms();
+    let (mut ws, _) = connect(&url(&a, "u1", "&device=till")).await;
+    let client = nats_client(&nats).await;
+    let kick = |before_ms: u64, code: u16| {
+        herald_proto::control::encode(&herald_proto::control::Control::Kick {
+            user: "u1".into(),
+            device: Some("till".into()),
+            except: Some("another-session".into()),
+            before_ms: Some(before_ms),
+            code,
+            from_pod: "pod-z".into(),
+        })
+    };
+    // A kick from a takeover that happened before this session attached, arriving late,
+    // then one from a newer takeover. Both travel on one subject, so they are handled in
+    // order: the close code says which one closed the session.
+    client
+        .publish("herald.ctl.all", kick(before_connect, 4004).into())
+        .await
+        .unwrap();
+    client
+        .publish(
+            "herald.ctl.all",
+            kick(herald::clock::wall_ms() + 1, 4001).into(),
+        )
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    assert_eq!(
+        expect_close(&mut ws, WAIT).await,
+        4001,
+        "the late kick must not close it"
+    );
+}

@@ -15,6 +15,10 @@ pub enum Control {
         user: String,
         device: Option<String>,
         except: Option<String>,
+        /// Only sessions attached before this time (ms since the epoch). A takeover kick
+        /// carries the new session's attach time, so a kick that arrives late can never
+        /// close a session opened after the one that sent it.
+        before_ms: Option<u64>,
         code: u16,
         from_pod: String,
     },
@@ -99,6 +103,7 @@ mod tests {
             user: "u1".into(),
             device: Some("d".into()),
             except: None,
+            before_ms: Some(1),
             code: 4001,
             from_pod: "p".into(),
         };

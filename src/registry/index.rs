@@ -29,6 +29,9 @@ pub struct Entry<H> {
     pub last_seen: Arc<AtomicU64>,
     /// Token expiry, seconds since the epoch.
     pub expires_at: Option<u64>,
+    /// When the session attached, ms since the epoch (compared with takeover kicks from
+    /// other pods).
+    pub attached_ms: u64,
     /// Topics the session follows.
     pub topics: Vec<Arc<str>>,
 }
@@ -347,6 +350,7 @@ mod tests {
             handle: (),
             last_seen: Arc::new(AtomicU64::new(last_seen)),
             expires_at: None,
+            attached_ms: 0,
             topics: Vec::new(),
         }
     }

@@ -271,6 +271,7 @@ impl Handler<Attach> for Registry {
             return Box::pin(async { Err(Refusal::Draining) });
         }
         let now = Instant::now();
+        let attached_ms = crate::clock::wall_ms();
         let Identity {
             user,
             device,
@@ -298,6 +299,7 @@ impl Handler<Attach> for Registry {
                 user: user.to_string(),
                 device: Some(d.to_string()),
                 except: Some(msg.id.to_string()),
+                before_ms: Some(attached_ms),
                 code: CloseCode::Replaced.code(),
                 from_pod: self.deps.pod.clone(),
             });
@@ -311,6 +313,7 @@ impl Handler<Attach> for Registry {
                 handle: msg.session,
                 last_seen: msg.last_seen,
                 expires_at,
+                attached_ms,
                 topics: Vec::new(),
             },
         );
@@ -411,6 +414,8 @@ pub struct Kick {
     pub user: UserId,
     pub device: Option<DeviceId>,
     pub except: Option<String>,
+    /// Only sessions attached before this time (ms since the epoch).
+    pub before_ms: Option<u64>,
     pub code: CloseCode,
 }
 
@@ -420,6 +425,7 @@ impl Handler<Kick> for Registry {
         let ids: Vec<SessionId> = self
             .index
             .of_user(&msg.user, msg.device.as_ref())
+            .filter(|(_, e)| msg.before_ms.is_none_or(|before| e.attached_ms < before))
             .map(|(id, _)| id)
             .filter(|id| msg.except.as_deref() != Some(id.to_string().as_str()))
             .collect();
