@@ -36,13 +36,16 @@ async fn pod_with_sessions(n: usize) -> Pod {
         max_frame_bytes: 65_536,
         outbound_queue_bytes: 1 << 20,
         upstream_rate: 50,
+        close_grace: Duration::from_secs(2),
     };
     let registry = Registry::new(RegistryDeps {
         limits: Limits {
             max_connections: n + 1,
             max_sessions_per_user: 16,
             idle_timeout: limits.idle_timeout,
+            outbound_queue_bytes: limits.outbound_queue_bytes,
         },
+        deliveries: Default::default(),
         heartbeat: limits.heartbeat,
         bus: bus.clone(),
         subjects: Subjects::default(),
@@ -78,7 +81,7 @@ async fn pod_with_sessions(n: usize) -> Pod {
             shared.clone(),
             Socket::Counter(written.clone()),
             BytesMut::new(),
-            reserved.last_seen,
+            reserved.link,
             "{}".into(),
         );
         reserved.ctx.run(session);

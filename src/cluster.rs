@@ -20,6 +20,9 @@ use crate::pods::PodTable;
 
 /// Longest wait for the pods' replies to a query.
 pub const QUERY_TIMEOUT: Duration = Duration::from_millis(750);
+/// How long a starting pod collects the live pods' answers to its hello. It cannot know
+/// how many pods exist, so it always waits this long; a pod alone is ready after it.
+pub const DISCOVERY_WINDOW: Duration = Duration::from_millis(500);
 
 #[derive(Clone)]
 pub struct Cluster {
@@ -99,6 +102,40 @@ impl Cluster {
             topics: pods.iter().map(|p| p.topics).sum(),
             pods,
         })
+    }
+
+    /// Announce this starting pod and record every live pod that answers; returns how many
+    /// did. Each of them has recorded this pod before answering.
+    pub async fn discover(&self) -> Result<usize, BusError> {
+        let hello = Query::Hello {
+            pod: self.pods.me().to_string(),
+            started: self.pods.started(),
+        };
+        let replies = self
+            .bus
+            .request_many(
+                self.subjects.ctl_query(),
+                Bytes::from(control::encode(&hello)),
+                DISCOVERY_WINDOW,
+                usize::MAX,
+            )
+            .await?;
+        let mut found = 0;
+        for reply in replies {
+            if let Ok(QueryReply::Here {
+                pod,
+                started,
+                connections,
+                users,
+            }) = control::decode::<QueryReply>(&reply.payload)
+            {
+                if pod != self.pods.me() {
+                    self.pods.beacon(&pod, started, false, connections, users);
+                    found += 1;
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Close every session of the user, on every pod, with 4004.

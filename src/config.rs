@@ -96,6 +96,16 @@ pub struct ServeArgs {
     /// Most messages replayed on one reconnect.
     #[arg(long, env = "HERALD_MAX_REPLAY", default_value_t = 1000)]
     pub max_replay: u64,
+    /// Origins allowed besides same-origin (comma-separated: exact origins,
+    /// `https://*.example.com`, or `*`).
+    #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// How long a closing session waits for the peer's close frame.
+    #[arg(long, env = "HERALD_CLOSE_GRACE", default_value = "2s", value_parser = duration)]
+    pub close_grace: Duration,
+    /// TCP accept backlog (the kernel caps it at net.core.somaxconn).
+    #[arg(long, env = "HERALD_LISTEN_BACKLOG", default_value_t = 4096)]
+    pub listen_backlog: u32,
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
@@ -159,6 +169,8 @@ pub struct SessionLimits {
     pub max_frame_bytes: usize,
     pub outbound_queue_bytes: usize,
     pub upstream_rate: u32,
+    /// How long a closing session waits for the peer's close frame.
+    pub close_grace: Duration,
 }
 
 /// Limits the Registry enforces.
@@ -167,6 +179,8 @@ pub struct RegistryLimits {
     pub max_connections: usize,
     pub max_sessions_per_user: usize,
     pub idle_timeout: Duration,
+    /// Per session: the fan-out refuses frames past it (the session's limit, pod-wide).
+    pub outbound_queue_bytes: usize,
 }
 
 /// Validated configuration of `herald serve`.
@@ -182,6 +196,8 @@ pub struct Config {
     pub registry: RegistryLimits,
     pub drain_timeout: Duration,
     pub durable: bool,
+    pub allowed_origins: crate::origin::AllowedOrigins,
+    pub listen_backlog: u32,
     pub log_format: LogFormat,
 }
 
@@ -248,6 +264,19 @@ impl Config {
         if args.durable {
             problems.push("--durable is not available in this build (JetStream recovery is not implemented yet)".into());
         }
+        let allowed_origins = match crate::origin::AllowedOrigins::parse(&args.allowed_origins) {
+            Ok(a) => a,
+            Err(e) => {
+                problems.push(format!("--allowed-origins: {e}"));
+                crate::origin::AllowedOrigins::default()
+            }
+        };
+        if args.close_grace.is_zero() {
+            problems.push("--close-grace must be above zero".into());
+        }
+        if args.listen_backlog == 0 {
+            problems.push("--listen-backlog must be at least 1".into());
+        }
         let pod_name = args
             .pod_name
             .clone()
@@ -269,12 +298,16 @@ impl Config {
                 max_frame_bytes: args.max_frame_bytes,
                 outbound_queue_bytes: args.outbound_queue_bytes,
                 upstream_rate: args.upstream_rate,
+                close_grace: args.close_grace,
             },
             registry: RegistryLimits {
                 max_connections: args.max_connections,
                 max_sessions_per_user: args.max_sessions_per_user,
                 idle_timeout: args.idle_timeout,
+                outbound_queue_bytes: args.outbound_queue_bytes,
             },
+            allowed_origins,
+            listen_backlog: args.listen_backlog,
             drain_timeout: args.drain_timeout,
             durable: args.durable,
             log_format: args.log_format,
@@ -317,6 +350,9 @@ mod tests {
         assert_eq!(cfg.session.outbound_queue_bytes, 1_048_576);
         assert_eq!(cfg.session.upstream_rate, 50);
         assert_eq!(cfg.drain_timeout, Duration::from_secs(20));
+        assert_eq!(cfg.session.close_grace, Duration::from_secs(2));
+        assert_eq!(cfg.listen_backlog, 4096);
+        assert!(cfg.allowed_origins.is_empty());
     }
 
     #[test]

@@ -38,7 +38,7 @@ fn serve(args: herald::config::ServeArgs) -> ExitCode {
         }
     };
     init_tracing(config.log_format);
-    let listener = match std::net::TcpListener::bind(config.listen) {
+    let listener = match herald::server::bind(config.listen, config.listen_backlog) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("herald: cannot listen on {}: {e}", config.listen);

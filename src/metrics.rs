@@ -63,6 +63,8 @@ pub struct Metrics {
     pub bus_connected: Gauge,
     pub draining: Gauge,
     pub bad_frames: Counter,
+    /// Frames not queued because the recipient's outbound limit was reached.
+    pub slow_consumer_drops: Counter,
     pub registry_entries: Family<MapLabels, Gauge>,
     pub topics: Gauge,
     pub topic_subscriptions: Gauge,
@@ -84,6 +86,7 @@ impl Metrics {
             bus_connected: Gauge::default(),
             draining: Gauge::default(),
             bad_frames: Counter::default(),
+            slow_consumer_drops: Counter::default(),
             registry_entries: Family::default(),
             topics: Gauge::default(),
             topic_subscriptions: Gauge::default(),
@@ -135,6 +138,11 @@ impl Metrics {
             "bad_frames",
             "Client frames refused as malformed",
             m.bad_frames.clone(),
+        );
+        registry.register(
+            "slow_consumer_drops",
+            "Frames not queued because the session's outbound limit was reached (it closes with 4008)",
+            m.slow_consumer_drops.clone(),
         );
         registry.register(
             "topics",

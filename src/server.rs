@@ -21,6 +21,7 @@ use crate::bus::nats::NatsBus;
 use crate::bus::{Bus, Outbound};
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::handoff::InFlight;
 use crate::http::{access_log, routes, AppState};
 use crate::metrics::Metrics;
 use crate::pods::{publish_pod_event, PodTable};
@@ -53,12 +54,10 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
         tracing::warn!(listen = %config.listen, "no JWT key configured: accepting unsigned connections (loopback only)");
     }
     let pods = Arc::new(PodTable::new(pod.clone()));
+    let deliveries = Arc::new(InFlight::default());
     let registry = Registry::new(RegistryDeps {
-        limits: crate::registry::Limits {
-            max_connections: config.registry.max_connections,
-            max_sessions_per_user: config.registry.max_sessions_per_user,
-            idle_timeout: config.registry.idle_timeout,
-        },
+        limits: config.registry,
+        deliveries: deliveries.clone(),
         heartbeat: config.session.heartbeat,
         bus: bus.clone(),
         subjects: subjects.clone(),
@@ -72,7 +71,8 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
         subjects: subjects.clone(),
         pods: pods.clone(),
     };
-    let subscriber = Subscriber::new(registry.clone(), pod.clone(), cluster.clone()).start();
+    let subscriber =
+        Subscriber::new(registry.clone(), pod.clone(), cluster.clone(), deliveries).start();
     registry.do_send(SetSubscriber(subscriber));
 
     let draining = Arc::new(AtomicBool::new(false));
@@ -97,6 +97,8 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
         }),
         draining: draining.clone(),
         next_session: AtomicU64::new(session_id_seed()),
+        allowed_origins: config.allowed_origins.clone(),
+        discovered: Arc::new(AtomicBool::new(config.standalone())),
     });
     if config.api_key.is_none() && !local.ip().is_loopback() {
         tracing::warn!("no API key configured: /api/v1 answers 401 (set --api-key)");
@@ -108,6 +110,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
 
     let leaving = Arc::new(AtomicBool::new(false));
     if !config.standalone() {
+        actix::spawn(discover(state.cluster.clone(), state.discovered.clone()));
         actix::spawn(beacon_loop(
             bus.clone(),
             subjects.clone(),
@@ -164,7 +167,6 @@ fn http_server(
     let server = actix_server::Server::build()
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)
-        .backlog(4096)
         .max_concurrent_connections(200_000)
         .listen("herald", listener, move || {
             let app_state = state.clone();
@@ -199,6 +201,19 @@ fn http_server(
     Ok(server)
 }
 
+/// The listening socket, with the accept backlog applied (std's `TcpListener::bind` always
+/// asks for 128, which a reconnect storm overflows: dropped SYNs wait seconds for their
+/// retransmit). The kernel caps the backlog at `net.core.somaxconn`.
+pub fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // A restarted pod can bind while the old one's connections are in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
+}
+
 /// Session ids start from the clock so ids from a restarted pod do not repeat.
 fn session_id_seed() -> u64 {
     std::time::SystemTime::now()
@@ -228,6 +243,24 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Announce this starting pod to the live ones and learn them, then let readiness pass.
+/// Retried while the bus is unreachable (readiness waits for the bus anyway).
+async fn discover(cluster: Cluster, discovered: Arc<AtomicBool>) {
+    loop {
+        match cluster.discover().await {
+            Ok(n) => {
+                tracing::info!(pods = n, "announced to the live pods");
+                discovered.store(true, Ordering::Release);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "pod discovery failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::bus::{Bus, BusMessage, Outbound, Subscription};
 use crate::cluster::Cluster;
+use crate::handoff::InFlight;
 use crate::ids::{DeviceId, UserId};
 use crate::message::{encode_frame, new_message_id, Delivery, Target};
 use crate::pods::PodTable;
@@ -41,6 +42,8 @@ pub struct Subscriber {
     streams: SelectAll<Abortable<Subscription>>,
     pump_waker: Option<Waker>,
     seen: crate::dedup::RecentIds,
+    /// Deliveries waiting in the Registry's mailbox (bounded).
+    deliveries: Arc<InFlight>,
 }
 
 enum SubState {
@@ -54,7 +57,12 @@ enum SubState {
 }
 
 impl Subscriber {
-    pub fn new(registry: Addr<Registry>, pod: String, cluster: Cluster) -> Self {
+    pub fn new(
+        registry: Addr<Registry>,
+        pod: String,
+        cluster: Cluster,
+        deliveries: Arc<InFlight>,
+    ) -> Self {
         Subscriber {
             bus: cluster.bus.clone(),
             registry,
@@ -66,6 +74,7 @@ impl Subscriber {
             streams: SelectAll::new(),
             pump_waker: None,
             seen: crate::dedup::RecentIds::default(),
+            deliveries,
         }
     }
 
@@ -207,6 +216,7 @@ impl Subscriber {
             msg.header(HEADER_EVENT),
             &msg.payload,
         );
+        self.deliveries.started();
         self.registry.do_send(Deliver(Delivery {
             target,
             frame,
@@ -315,9 +325,17 @@ impl Subscriber {
                 return;
             }
         };
+        if let Query::Hello { pod, started } = &query {
+            if *pod == self.pod {
+                return;
+            }
+            // Known from now on, before the new pod can report ready.
+            self.pods.beacon(pod, *started, false, 0, 0);
+        }
         let registry = self.registry.clone();
         let bus = self.bus.clone();
         let pod = self.pod.clone();
+        let started = self.pods.started();
         ctx.spawn(
             async move {
                 let reply = match query {
@@ -337,6 +355,15 @@ impl Subscriber {
                             connections: c.connections,
                             users: c.users,
                             topics: c.topics,
+                        }
+                    }
+                    Query::Hello { .. } => {
+                        let c = registry.send(LocalStats).await.ok();
+                        QueryReply::Here {
+                            pod,
+                            started,
+                            connections: c.map_or(0, |c| c.connections),
+                            users: c.map_or(0, |c| c.users),
                         }
                     }
                 };
@@ -385,6 +412,10 @@ impl ActorFuture<Subscriber> for Pump {
     ) -> std::task::Poll<()> {
         use std::task::Poll;
         for _ in 0..MESSAGES_PER_WAKE {
+            if !act.deliveries.has_room(task.waker()) {
+                // The Registry is behind: leave messages in the bus's bounded buffers.
+                return Poll::Pending;
+            }
             match act.streams.poll_next_unpin(task) {
                 Poll::Ready(Some(msg)) => act.on_message(msg, ctx),
                 // No subscription at all: wait until one is added.

@@ -1,6 +1,6 @@
 // Herald client: a single dependency-free ES module for browsers and Node 20+.
 // The server embeds this exact file (the demo loads it from /demo/herald.js), so it
-// must stay one file with no imports. Wire format: shared PROTOCOL.md, section 1.
+// must stay one file with no imports. Wire format: docs/protocol.md, section 1.
 
 // Close codes after which reconnecting cannot help: normal close, a policy or size
 // violation (the same frames would be refused again), a newer session took over this
@@ -20,7 +20,7 @@ export class HeraldClient {
     if (!options.user) throw new TypeError('HeraldClient: options.user is required');
     this.user = options.user;
     this.device = options.device;
-    /** Last message cursor seen; sent back as `since=` on reconnect (PROTOCOL §5). */
+    /** Last message cursor seen; sent back as `since=` on reconnect (docs/protocol.md §5). */
     this.cursor = options.cursor;
     /** Session id from the latest welcome frame. */
     this.session = undefined;

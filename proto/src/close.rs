@@ -1,6 +1,6 @@
 //! WebSocket close codes herald sends and whether a client should reconnect after each.
 
-/// A close code of PROTOCOL.md §1.
+/// A close code of docs/protocol.md §1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum CloseCode {
     /// 1000: normal close.

@@ -46,8 +46,16 @@ pub enum Control {
 /// A scatter request on `<prefix>.ctl.query`; every live pod answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Query {
-    Presence { user: String },
+    Presence {
+        user: String,
+    },
     Stats,
+    /// A pod starting up: every live pod records it and answers with [`QueryReply::Here`],
+    /// so the pods know each other before the new one reports ready.
+    Hello {
+        pod: String,
+        started: u64,
+    },
 }
 
 /// One pod's answer to a [`Query`].
@@ -62,6 +70,13 @@ pub enum QueryReply {
         connections: u64,
         users: u64,
         topics: u64,
+    },
+    /// A live pod's answer to [`Query::Hello`]: what its beacon would say.
+    Here {
+        pod: String,
+        started: u64,
+        connections: u64,
+        users: u64,
     },
 }
 

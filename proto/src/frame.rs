@@ -1,4 +1,4 @@
-//! The JSON text frames of a WebSocket session (PROTOCOL.md §1).
+//! The JSON text frames of a WebSocket session (docs/protocol.md §1).
 //!
 //! `ServerFrame` is what herald sends; `ClientFrame` what a browser sends. Message frames
 //! are encoded through [`MessageFrame`], which borrows everything, so the hub builds the

@@ -1,7 +1,7 @@
 //! In-process bus for standalone mode and tests: NATS subject semantics (wildcards, queue
 //! groups, request/reply inboxes) without a network.
 //!
-//! Subscriptions are unbounded queues: the only consumer is the pod's own Subscriber
+//! Subscriptions are queues bounded at [`MAX_QUEUED`] messages: the only consumer is the pod's own Subscriber
 //! actor, which drains them as fast as it hands messages on. A queue allocates nothing
 //! until a message arrives (a channel would allocate a block of slots per subscription,
 //! and standalone mode has one subscription per connected user).
@@ -16,6 +16,10 @@ use async_trait::async_trait;
 use futures_util::Stream;
 
 use super::{subject_matches, Bus, BusError, BusMessage, Outbound, Subscription};
+
+/// Messages one subscription may hold before new ones are dropped (async-nats's default
+/// subscription capacity), so a consumer that falls behind cannot grow memory without bound.
+const MAX_QUEUED: usize = 65_536;
 
 /// Messages waiting for one subscription, and who to wake when one arrives.
 #[derive(Default)]
@@ -52,6 +56,7 @@ pub struct MemoryBus {
     // A std Mutex: critical sections are short and never await.
     inner: Arc<Mutex<Inner>>,
     next_id: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
 }
 
 impl MemoryBus {
@@ -135,6 +140,14 @@ impl Bus for MemoryBus {
         for id in plain {
             if let Some(sub) = inner.subs.get(&id) {
                 let mut inbox = lock_inbox(&sub.inbox);
+                if inbox.messages.len() >= MAX_QUEUED {
+                    // As NATS does with a slow subscriber: drop rather than grow.
+                    let n = self.dropped.fetch_add(1, Ordering::Relaxed);
+                    if n.is_multiple_of(10_000) {
+                        tracing::warn!(subject = %delivered.subject, dropped = n + 1, "in-process bus: subscriber too slow, messages dropped");
+                    }
+                    continue;
+                }
                 inbox.messages.push_back(delivered.clone());
                 wake.extend(inbox.waker.take());
             }

@@ -10,12 +10,17 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 
-/// 200 when the pod can take connections: bus connected and not draining.
+/// 200 when the pod can take connections: bus connected, the other pods known, and not
+/// draining.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if state.is_draining() {
         HttpResponse::ServiceUnavailable()
             .content_type("text/plain")
             .body("draining\n")
+    } else if !state.discovered.load(std::sync::atomic::Ordering::Acquire) {
+        HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("discovering the other pods\n")
     } else if !state.bus.is_connected() {
         HttpResponse::ServiceUnavailable()
             .content_type("text/plain")

@@ -34,6 +34,11 @@ pub struct AppState {
     pub session: Arc<SessionShared>,
     pub draining: Arc<AtomicBool>,
     pub next_session: AtomicU64,
+    /// Set once the pod has announced itself and heard the live pods (at once in
+    /// standalone mode): readiness waits for it.
+    pub discovered: Arc<AtomicBool>,
+    /// Origins allowed besides same-origin.
+    pub allowed_origins: crate::origin::AllowedOrigins,
 }
 
 impl AppState {

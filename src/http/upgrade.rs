@@ -4,7 +4,7 @@
 //! Validation, authentication and the Registry's admission all happen before the answer,
 //! so every refusal is plain HTTP with a one-line reason; tokens never reach a log line.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix::Context;
@@ -20,7 +20,7 @@ use super::AppState;
 use crate::auth::{authenticate, extract_token, query_param};
 use crate::ids::{DeviceId, SessionId, UserId};
 use crate::registry::Detach;
-use crate::session::{reserve, Session};
+use crate::session::{reserve, Link, Session};
 use crate::socket::Socket;
 
 /// A handshake refusal: status and reason.
@@ -30,6 +30,9 @@ fn refusal(state: &AppState, status: u16, reason: impl Into<String>) -> Refusal 
     state.metrics.refused(status);
     Refusal(status, reason.into())
 }
+
+/// The WebSocket version herald speaks; a refusal for another one names it (RFC 6455 §4.4).
+const WEBSOCKET_VERSION: &str = "13";
 
 /// The user id in `/websocket/{userId}`, or the refusal for a bad one.
 pub fn user_from_path(state: &AppState, path: &str) -> Result<UserId, Refusal> {
@@ -73,7 +76,7 @@ pub async fn serve(state: web::Data<AppState>, req: Request, framed: Framed<TcpS
                 state.session.clone(),
                 Socket::Tcp(io),
                 leftover,
-                admitted.last_seen,
+                admitted.link,
                 admitted.welcome,
             );
             admitted.ctx.run(session);
@@ -85,7 +88,7 @@ struct Admitted {
     id: SessionId,
     identity: crate::auth::Identity,
     ctx: Context<Session>,
-    last_seen: Arc<AtomicU64>,
+    link: Arc<Link>,
     welcome: String,
     key: String,
 }
@@ -95,8 +98,28 @@ async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refusal> {
         return Err(refusal(state, 503, "pod is draining"));
     }
     let user = user_from_path(state, req.path())?;
-    if actix_http::ws::verify_handshake(req.head()).is_err() {
-        return Err(refusal(state, 400, "not a WebSocket request"));
+    match actix_http::ws::verify_handshake(req.head()) {
+        Ok(()) => {}
+        Err(actix_http::ws::HandshakeError::UnsupportedVersion) => {
+            return Err(refusal(
+                state,
+                426,
+                format!("unsupported WebSocket version: use {WEBSOCKET_VERSION}"),
+            ))
+        }
+        Err(_) => return Err(refusal(state, 400, "not a WebSocket request")),
+    }
+    if let Some(origin) = req.headers().get(actix_http::header::ORIGIN) {
+        let host = req
+            .headers()
+            .get(actix_http::header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|o| state.allowed_origins.allows(o, host));
+        if !allowed {
+            return Err(refusal(state, 403, "cross-site origin not allowed"));
+        }
     }
     if !state.bus.is_connected() {
         // A welcome promises delivery has started; without the bus it cannot.
@@ -140,7 +163,7 @@ async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refusal> {
         id,
         identity,
         ctx: reserved.ctx,
-        last_seen: reserved.last_seen,
+        link: reserved.link,
         welcome: welcome.to_json(),
         key,
     })
@@ -152,8 +175,13 @@ fn refusal_response(status: u16, reason: &str) -> String {
         .and_then(|s| s.canonical_reason())
         .unwrap_or("Error");
     let body = format!("{reason}\n");
+    let extra = if status == 426 {
+        format!("sec-websocket-version: {WEBSOCKET_VERSION}\r\n")
+    } else {
+        String::new()
+    };
     format!(
-        "HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n{body}",
         body.len()
     )
 }

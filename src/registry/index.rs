@@ -5,14 +5,14 @@
 //! exists only while it has at least one session; takeover history holds only entries
 //! younger than the takeover window (pruned by [`Index::sweep`]).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald_proto::CloseCode;
 
 use crate::ids::{DeviceId, SessionId, UserId};
+use crate::session::Link;
 
 /// More than this many takeovers of one device within [`TAKEOVER_WINDOW`] → 429.
 pub const MAX_TAKEOVERS: usize = 3;
@@ -25,8 +25,8 @@ pub struct Entry<H> {
     pub user: UserId,
     pub device: Option<DeviceId>,
     pub handle: H,
-    /// Milliseconds (process clock) of the last sign of life, written by the session.
-    pub last_seen: Arc<AtomicU64>,
+    /// The session's last sign of life and queued bytes, written by the session.
+    pub link: Arc<Link>,
     /// Token expiry, seconds since the epoch.
     pub expires_at: Option<u64>,
     /// When the session attached, ms since the epoch (compared with takeover kicks from
@@ -80,12 +80,8 @@ pub struct Removed<H> {
     pub topics_emptied: Vec<Arc<str>>,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_connections: usize,
-    pub max_sessions_per_user: usize,
-    pub idle_timeout: Duration,
-}
+/// The limits the index enforces, as configured.
+pub use crate::config::RegistryLimits as Limits;
 
 /// Sessions and their indexes.
 #[derive(Debug)]
@@ -96,6 +92,9 @@ pub struct Index<H> {
     devices: HashMap<(UserId, DeviceId), SessionId>,
     takeovers: HashMap<(UserId, DeviceId), VecDeque<Instant>>,
     topics: HashMap<Arc<str>, Vec<SessionId>>,
+    /// Sessions removed from the index by a close the Registry decided whose actors have
+    /// not stopped yet: they still hold a socket, so they still count as connections.
+    closing: HashSet<SessionId>,
 }
 
 impl<H> Index<H> {
@@ -107,7 +106,23 @@ impl<H> Index<H> {
             devices: HashMap::new(),
             takeovers: HashMap::new(),
             topics: HashMap::new(),
+            closing: HashSet::new(),
         }
+    }
+
+    /// A session left the index but its connection is still closing.
+    pub fn mark_closing(&mut self, id: SessionId) {
+        self.closing.insert(id);
+    }
+
+    /// A closing session's actor stopped; true if it was closing.
+    pub fn closed(&mut self, id: SessionId) -> bool {
+        self.closing.remove(&id)
+    }
+
+    /// Connections on this pod: indexed sessions and those still closing.
+    pub fn open_connections(&self) -> usize {
+        self.sessions.len() + self.closing.len()
     }
 
     /// Decide whether a new session may attach, without changing anything.
@@ -124,7 +139,7 @@ impl<H> Index<H> {
             }
         }
         let net_new = usize::from(replaces.is_none());
-        if self.sessions.len() + net_new > self.limits.max_connections {
+        if self.open_connections() + net_new > self.limits.max_connections {
             return Err(Refusal::PodFull);
         }
         let of_user = self.users.get(user).map_or(0, Vec::len);
@@ -288,8 +303,9 @@ impl<H> Index<H> {
     }
 
     /// Sizes of every map, to prove nothing is left behind.
-    pub fn sizes(&self) -> [(&'static str, usize); 5] {
+    pub fn sizes(&self) -> [(&'static str, usize); 6] {
         [
+            ("closing", self.closing.len()),
             ("sessions", self.sessions.len()),
             ("users", self.users.len()),
             ("devices", self.devices.len()),
@@ -321,7 +337,7 @@ impl<H> Index<H> {
             .filter_map(|(id, e)| {
                 if e.expires_at.is_some_and(|exp| now_secs >= exp) {
                     Some((*id, CloseCode::TokenExpired))
-                } else if now_ms.saturating_sub(e.last_seen.load(Ordering::Relaxed)) >= idle_ms {
+                } else if now_ms.saturating_sub(e.link.last_seen_ms()) >= idle_ms {
                     Some((*id, CloseCode::Idle))
                 } else {
                     None
@@ -340,6 +356,7 @@ mod tests {
             max_connections: 4,
             max_sessions_per_user: 2,
             idle_timeout: Duration::from_secs(60),
+            outbound_queue_bytes: 1 << 20,
         }
     }
 
@@ -348,7 +365,7 @@ mod tests {
             user: UserId::parse(user).unwrap(),
             device: device.map(|d| DeviceId::parse(d).unwrap()),
             handle: (),
-            last_seen: Arc::new(AtomicU64::new(last_seen)),
+            link: Arc::new(Link::new(last_seen)),
             expires_at: None,
             attached_ms: 0,
             topics: Vec::new(),
@@ -414,7 +431,7 @@ mod tests {
             .is_ok());
         // The sweep forgets history older than the window.
         idx.sweep(t0 + Duration::from_secs(13), 0, 0);
-        assert_eq!(idx.sizes()[3], ("takeovers", 0));
+        assert_eq!(idx.sizes()[4], ("takeovers", 0));
     }
 
     #[test]

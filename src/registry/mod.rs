@@ -9,7 +9,6 @@
 
 pub mod index;
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,8 @@ use crate::bus::{Bus, Outbound};
 use crate::ids::{DeviceId, SessionId, UserId};
 use crate::message::{Delivery, Target};
 use crate::metrics::{MapLabels, Metrics, SourceLabel, SourceLabels};
-use crate::session::{Close, Heartbeat, Push, Session};
+use crate::session::{Close, Heartbeat, Link, Push, Session};
+use crate::socket::text_frame_len;
 use crate::subscriber::{AwaitInterest, Interest, Subscriber};
 pub use index::{Entry, Index, Limits, Refusal};
 
@@ -47,6 +47,8 @@ pub struct RegistryDeps {
     pub metrics: Arc<Metrics>,
     /// Other pods may exist: announce takeovers on the control subject.
     pub clustered: bool,
+    /// Deliveries the Subscriber handed over and this Registry has not handled yet.
+    pub deliveries: Arc<crate::handoff::InFlight>,
 }
 
 pub struct Registry {
@@ -87,7 +89,7 @@ impl Registry {
 
     fn update_gauges(&self) {
         let m = &self.deps.metrics;
-        m.connections.set(self.index.connections() as i64);
+        m.connections.set(self.index.open_connections() as i64);
         m.users.set(self.index.users() as i64);
         m.topics.set(self.index.topic_count() as i64);
         m.topic_subscriptions.set(self.topic_subscriptions);
@@ -149,9 +151,12 @@ impl Registry {
         Some(entry)
     }
 
-    /// Close a session the Registry decided to end, and forget it now.
+    /// Close a session the Registry decided to end, and forget it now. Its connection
+    /// counts until its actor stops (after the close handshake).
     fn close(&mut self, id: SessionId, code: CloseCode) {
         if let Some(entry) = self.forget(id, code.reason()) {
+            self.index.mark_closing(id);
+            self.update_gauges();
             entry.handle.do_send(Close(code));
         }
     }
@@ -260,7 +265,7 @@ pub struct Attach {
     pub id: SessionId,
     pub identity: Identity,
     pub session: Addr<Session>,
-    pub last_seen: Arc<AtomicU64>,
+    pub link: Arc<Link>,
 }
 
 impl Handler<Attach> for Registry {
@@ -311,7 +316,7 @@ impl Handler<Attach> for Registry {
                 user: user.clone(),
                 device: device.clone(),
                 handle: msg.session,
-                last_seen: msg.last_seen,
+                link: msg.link,
                 expires_at,
                 attached_ms,
                 topics: Vec::new(),
@@ -352,7 +357,12 @@ pub struct Detach {
 impl Handler<Detach> for Registry {
     type Result = ();
     fn handle(&mut self, msg: Detach, _: &mut Context<Self>) {
-        self.forget(msg.id, msg.reason);
+        if self.index.closed(msg.id) {
+            self.update_gauges();
+            self.check_drained();
+        } else {
+            self.forget(msg.id, msg.reason);
+        }
     }
 }
 
@@ -364,30 +374,47 @@ pub struct Deliver(pub Delivery);
 impl Handler<Deliver> for Registry {
     type Result = ();
     fn handle(&mut self, Deliver(d): Deliver, _: &mut Context<Self>) {
+        self.deps.deliveries.done();
+        let limit = self.deps.limits.outbound_queue_bytes;
+        let size = text_frame_len(d.frame.len());
         let mut sent: u64 = 0;
+        let mut dropped: u64 = 0;
+        let mut offer = |e: &Entry<Addr<Session>>, topic: Option<&Arc<str>>| {
+            // The session's bytes in flight, mailbox included, stay within its limit: a
+            // frame that does not fit is not queued, and the session closes with 4008.
+            if e.link.reserve(size, limit) {
+                e.handle.do_send(Push {
+                    frame: d.frame.clone(),
+                    topic: topic.cloned(),
+                });
+                sent += 1;
+            } else {
+                dropped += 1;
+                if e.link.overflow() {
+                    e.handle.do_send(Close(CloseCode::SlowConsumer));
+                }
+            }
+        };
         match &d.target {
             Target::User { user, device } => {
                 for (_, e) in self.index.of_user(user, device.as_ref()) {
-                    e.handle.do_send(Push::new(d.frame.clone()));
-                    sent += 1;
+                    offer(e, None);
                 }
             }
             Target::Broadcast => {
                 for (_, e) in self.index.all() {
-                    e.handle.do_send(Push::new(d.frame.clone()));
-                    sent += 1;
+                    offer(e, None);
                 }
             }
             Target::Topic(topic) => {
                 let topic: Arc<str> = Arc::from(topic.as_str());
                 for e in self.index.followers(&topic) {
-                    e.handle.do_send(Push {
-                        frame: d.frame.clone(),
-                        topic: Some(topic.clone()),
-                    });
-                    sent += 1;
+                    offer(e, Some(&topic));
                 }
             }
+        }
+        if dropped > 0 {
+            self.deps.metrics.slow_consumer_drops.inc_by(dropped);
         }
         let source: SourceLabel = d.target.source().into();
         let m = &self.deps.metrics;
@@ -493,7 +520,7 @@ impl Handler<LocalStats> for Registry {
     type Result = LocalCounts;
     fn handle(&mut self, _: LocalStats, _: &mut Context<Self>) -> LocalCounts {
         LocalCounts {
-            connections: self.index.connections() as u64,
+            connections: self.index.open_connections() as u64,
             users: self.index.users() as u64,
             topics: self.index.topic_count() as u64,
             draining: self.draining,

@@ -1,5 +1,6 @@
 //! Client frames of a session: ping, publish (to `<prefix>.up.<userId>`), subscribe and
-//! unsubscribe, with the upstream rate limit and the bad-frame budget.
+//! unsubscribe, with the bad-frame budget. (The upstream rate limit is checked before a
+//! frame gets here, for WebSocket pings too.)
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -8,28 +9,13 @@ use herald_proto::{
     ClientFrame, CloseCode, ServerFrame, HEADER_DEVICE, HEADER_EVENT, HEADER_POD, HEADER_SESSION,
 };
 
-use super::{Session, MAX_BAD_FRAMES, MAX_RATE_STRIKES, MAX_TOPICS_PER_SESSION};
+use super::{Session, MAX_BAD_FRAMES, MAX_TOPICS_PER_SESSION};
 use crate::bus::Outbound;
 use crate::metrics::{SourceLabel, SourceLabels};
 use crate::registry::{Follow, Unfollow};
 
 impl Session {
     pub(super) fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
-        if self.limiter.check().is_err() {
-            self.rate_strikes += 1;
-            if self.rate_strikes == 1 {
-                let msg = format!(
-                    "more than {} frames per second",
-                    self.shared.limits.upstream_rate
-                );
-                self.send_frame(&ServerFrame::error(error_code::RATE_LIMITED, msg), ctx);
-            }
-            if self.rate_strikes >= MAX_RATE_STRIKES {
-                self.begin_close(CloseCode::RateLimited, ctx);
-            }
-            return;
-        }
-        self.rate_strikes = 0;
         match ClientFrame::parse(text) {
             Ok(ClientFrame::Ping) => self.send_frame(&ServerFrame::Pong, ctx),
             Ok(ClientFrame::Publish { event, data }) => self.publish_upstream(event, data, ctx),

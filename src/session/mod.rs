@@ -11,15 +11,13 @@
 //! socket, and `Detach`ed from the Registry when it stops.
 
 mod inbound;
+pub mod link;
 
 use std::collections::HashSet;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::prelude::*;
-use actix_http::ws::{OpCode, Parser, ProtocolError};
 use bytes::BytesMut;
 use governor::clock::MonotonicClock;
 use governor::middleware::NoOpMiddleware;
@@ -34,7 +32,10 @@ use crate::ids::SessionId;
 use crate::message::Frame;
 use crate::metrics::Metrics;
 use crate::registry::{Attach, Detach, Refusal, Registry};
+use crate::socket::decoder::{Decoder, Inbound, Violation};
+use crate::socket::outbound::OutQueue;
 use crate::socket::{self, Endpoint, Flusher, Reader, Socket};
+pub use link::Link;
 
 /// Topics one session may follow at once.
 pub const MAX_TOPICS_PER_SESSION: usize = 128;
@@ -43,9 +44,6 @@ pub const MAX_BAD_FRAMES: u32 = 5;
 /// Frames refused by the rate limit (the first answered with an error frame) before
 /// closing with 4029; the count restarts when a frame is accepted again.
 pub const MAX_RATE_STRIKES: u32 = 10;
-/// After deciding to close, give the close frame this long to reach the socket, then drop
-/// the connection regardless: a client that stopped reading cannot hold it open.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// What the pod shares with every session.
 pub struct SessionShared {
@@ -63,6 +61,17 @@ pub struct SessionShared {
 type Limiter =
     RateLimiter<NotKeyed, InMemoryState, MonotonicClock, NoOpMiddleware<std::time::Instant>>;
 
+/// The close handshake in progress: the session sent (or queued) its close frame and
+/// waits for the peer's, reading and discarding everything else, for at most the close
+/// grace.
+#[derive(Debug, Default)]
+struct Closing {
+    sent: bool,
+    peer_closed: bool,
+    /// The input broke the framing again after the close: it is ignored from now on.
+    deaf: bool,
+}
+
 pub struct Session {
     id: SessionId,
     identity: Identity,
@@ -70,16 +79,15 @@ pub struct Session {
     socket: Socket,
     /// Bytes read but not yet parsed (empty and unallocated while idle).
     inbound: BytesMut,
-    /// Encoded frames not yet written: the outbound queue, bounded in bytes.
-    outbound: BytesMut,
-    /// A fragmented message being reassembled: its opcode and bytes so far.
-    fragments: Option<(OpCode, BytesMut)>,
+    decoder: Decoder,
+    /// Encoded frames not yet written: the outbound queue, bounded in bytes through `link`.
+    outbound: OutQueue,
     flushing: bool,
-    last_seen: Arc<AtomicU64>,
+    link: Arc<Link>,
     limiter: Limiter,
     rate_strikes: u32,
     bad_frames: u32,
-    closing: bool,
+    closing: Option<Closing>,
     detach_reason: &'static str,
     welcome: Option<String>,
     topics: HashSet<String>,
@@ -94,7 +102,7 @@ impl Session {
         shared: Arc<SessionShared>,
         socket: Socket,
         inbound: BytesMut,
-        last_seen: Arc<AtomicU64>,
+        link: Arc<Link>,
         welcome: String,
     ) -> Session {
         let rate = NonZeroU32::new(shared.limits.upstream_rate).unwrap_or(NonZeroU32::MIN);
@@ -104,17 +112,17 @@ impl Session {
             identity,
             socket,
             inbound,
-            outbound: BytesMut::new(),
-            fragments: None,
+            decoder: Decoder::new(shared.limits.max_frame_bytes),
+            outbound: OutQueue::default(),
             flushing: false,
-            last_seen,
+            link,
             limiter: RateLimiter::direct_with_clock(
                 Quota::per_second(rate).allow_burst(burst),
                 MonotonicClock,
             ),
             rate_strikes: 0,
             bad_frames: 0,
-            closing: false,
+            closing: None,
             detach_reason: "client",
             welcome: Some(welcome),
             topics: HashSet::new(),
@@ -122,24 +130,38 @@ impl Session {
         }
     }
 
+    fn is_closing(&self) -> bool {
+        self.closing.is_some()
+    }
+
     fn send_frame(&mut self, frame: &ServerFrame, ctx: &mut Context<Self>) {
         self.push_text(frame.to_json().as_bytes(), ctx);
     }
 
-    /// Queue a text frame, or close with 4008 when the queue would pass its limit.
+    /// Queue a text frame of the session's own, or close with 4008 when the queue would
+    /// pass its limit.
     fn push_text(&mut self, text: &[u8], ctx: &mut Context<Self>) {
-        if self.closing {
+        if self.is_closing() {
             return;
         }
-        if self.outbound.len() + text.len() + socket::MAX_HEADER
-            > self.shared.limits.outbound_queue_bytes
-        {
-            tracing::debug!(session = %self.id, queued = self.outbound.len(), "outbound queue full");
-            self.begin_close(CloseCode::SlowConsumer, ctx);
+        if !self.reserve(socket::text_frame_len(text.len()), ctx) {
             return;
         }
-        socket::text(&mut self.outbound, text);
+        socket::text(self.outbound.frames(), text);
         self.flush(ctx);
+    }
+
+    /// Reserve room for a frame of the session's own; a full queue closes with 4008.
+    fn reserve(&mut self, n: usize, ctx: &mut Context<Self>) -> bool {
+        if self
+            .link
+            .reserve(n, self.shared.limits.outbound_queue_bytes)
+        {
+            return true;
+        }
+        tracing::debug!(session = %self.id, queued = self.link.queued(), "outbound queue full");
+        self.begin_close(CloseCode::SlowConsumer, ctx);
+        false
     }
 
     /// Make sure a Flusher runs. It runs after the messages already in the mailbox, so
@@ -151,114 +173,162 @@ impl Session {
         }
     }
 
-    /// Close with `code`: queue the close frame behind what is already queued, and stop
-    /// once it is written or after CLOSE_GRACE, whichever comes first.
+    /// Close with `code` (a decision of this session or of the Registry).
     fn begin_close(&mut self, code: CloseCode, ctx: &mut Context<Self>) {
-        if self.closing {
+        if self.is_closing() {
             return;
         }
         self.shared.metrics.closed(code.code());
         self.detach_reason = code.reason();
+        if code == CloseCode::SlowConsumer {
+            // The client is behind: what it has not started reading is dropped, so the
+            // close frame is next in line.
+            let dropped = self.outbound.drop_unstarted();
+            self.link.release(dropped);
+        }
         self.close_with(code.code(), code.reason(), ctx);
     }
 
+    /// Fail the connection for a framing violation (1002, 1007, 1009).
+    fn fail(&mut self, violation: Violation, ctx: &mut Context<Self>) {
+        // The bytes that broke the framing are dropped; what follows is parsed afresh, so
+        // a client that reads the close frame and answers it is still heard.
+        self.inbound.clear();
+        if let Some(closing) = self.closing.as_mut() {
+            // Broken again while closing: stop listening; the close frame still goes out.
+            closing.deaf = true;
+            return;
+        }
+        tracing::debug!(session = %self.id, why = violation.describe(), "websocket framing violation");
+        let code = violation.code();
+        self.shared.metrics.closed(code);
+        self.detach_reason = match violation {
+            Violation::TooBig => CloseCode::TooBig.reason(),
+            _ => "protocol",
+        };
+        self.close_with(code, violation.describe(), ctx);
+    }
+
+    /// Queue the close frame behind what is queued, start discarding input, and give the
+    /// handshake at most the close grace.
     fn close_with(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
-        self.closing = true;
-        socket::close(&mut self.outbound, code, reason);
+        self.closing = Some(Closing::default());
+        self.decoder.discard();
+        let before = self.outbound.len();
+        socket::close(self.outbound.frames(), code, reason);
+        self.link.force(self.outbound.len() - before);
         self.flush(ctx);
-        ctx.run_later(CLOSE_GRACE, |_, ctx| ctx.stop());
+        ctx.run_later(self.shared.limits.close_grace, |act, ctx| {
+            tracing::debug!(session = %act.id, "close grace over");
+            act.finish(ctx);
+        });
+    }
+
+    /// The close handshake is over (or given up): end the TCP connection and the actor.
+    fn finish(&mut self, ctx: &mut Context<Self>) {
+        self.socket.finish();
+        ctx.stop();
     }
 
     fn alive(&self) {
-        self.last_seen
-            .store(crate::clock::now_ms(), Ordering::Relaxed);
+        self.link.seen(crate::clock::now_ms());
     }
 
-    /// One complete client frame.
-    fn on_frame(&mut self, opcode: OpCode, payload: BytesMut, ctx: &mut Context<Self>) {
-        match opcode {
-            OpCode::Text => match std::str::from_utf8(&payload) {
-                Ok(text) => self.on_text(text, ctx),
-                Err(_) => self.bad_frame("text frame is not valid UTF-8", ctx),
-            },
-            OpCode::Binary => self.bad_frame("binary frames are not accepted; send JSON text", ctx),
-            OpCode::Ping => {
-                if !self.closing {
-                    socket::pong(&mut self.outbound, &payload);
+    /// Count a client frame against the upstream rate limit; false when it is refused.
+    fn within_rate(&mut self, ctx: &mut Context<Self>) -> bool {
+        if self.limiter.check().is_ok() {
+            self.rate_strikes = 0;
+            return true;
+        }
+        self.rate_strikes += 1;
+        if self.rate_strikes == 1 {
+            let msg = format!(
+                "more than {} frames per second",
+                self.shared.limits.upstream_rate
+            );
+            self.send_frame(
+                &ServerFrame::error(herald_proto::frame::error_code::RATE_LIMITED, msg),
+                ctx,
+            );
+        }
+        if self.rate_strikes >= MAX_RATE_STRIKES {
+            self.begin_close(CloseCode::RateLimited, ctx);
+        }
+        false
+    }
+
+    /// One complete item from the client.
+    fn on_inbound(&mut self, item: Inbound, ctx: &mut Context<Self>) {
+        self.alive();
+        if let Inbound::Close(code) = item {
+            return self.on_peer_close(code, ctx);
+        }
+        if self.is_closing() {
+            return;
+        }
+        match item {
+            Inbound::Text(text) => {
+                if self.within_rate(ctx) {
+                    self.on_text(&text, ctx);
+                }
+            }
+            Inbound::Binary(_) => {
+                if self.within_rate(ctx) {
+                    self.bad_frame("binary frames are not accepted; send JSON text", ctx);
+                }
+            }
+            Inbound::Ping(payload) => {
+                if self.within_rate(ctx) && self.reserve(2 + payload.len(), ctx) {
+                    socket::pong(self.outbound.frames(), &payload);
                     self.flush(ctx);
                 }
             }
-            OpCode::Pong => {}
-            OpCode::Close => {
-                let code = Parser::try_parse_close_payload(&payload)
-                    .ok()
-                    .flatten()
-                    .map_or(1005, |r| u16::from(r.code));
-                if !self.closing {
-                    self.shared.metrics.closed(code);
-                    self.detach_reason = "client";
-                    // Answer the close handshake, then stop once it is written.
-                    self.close_with(CloseCode::Normal.code(), "", ctx);
-                }
-            }
-            OpCode::Continue | OpCode::Bad => self.on_protocol_error(ProtocolError::BadOpCode, ctx),
+            Inbound::Pong | Inbound::Close(_) => {}
         }
     }
 
-    /// Parse every complete frame in `inbound`, reassembling fragmented messages.
+    fn on_peer_close(&mut self, code: Option<u16>, ctx: &mut Context<Self>) {
+        match &mut self.closing {
+            Some(closing) => {
+                closing.peer_closed = true;
+                if closing.sent {
+                    self.finish(ctx);
+                }
+            }
+            None => {
+                let code = code.unwrap_or(1005);
+                self.shared.metrics.closed(code);
+                self.detach_reason = "client";
+                // Answer with the same code (RFC 6455 §5.5.1), then end once it is out.
+                let answer = if code == 1005 { 1000 } else { code };
+                self.close_with(answer, "", ctx);
+                if let Some(c) = self.closing.as_mut() {
+                    c.peer_closed = true;
+                }
+            }
+        }
+    }
+
+    /// Decode every complete item in `inbound`. Returns false once reading should stop.
     fn parse_input(&mut self, ctx: &mut Context<Self>) -> bool {
-        let max = self.shared.limits.max_frame_bytes;
         loop {
-            let parsed = Parser::parse(&mut self.inbound, true, max);
-            let (fin, opcode, payload) = match parsed {
-                Ok(Some(frame)) => frame,
+            if self.closing.as_ref().is_some_and(|c| c.deaf) {
+                self.inbound.clear();
+                return true;
+            }
+            match self.decoder.next(&mut self.inbound) {
+                Ok(Some(item)) => self.on_inbound(item, ctx),
                 Ok(None) => return true,
-                Err(e) => {
-                    self.on_protocol_error(e, ctx);
-                    return false;
-                }
-            };
-            let payload = payload.unwrap_or_default();
-            match (opcode, fin, self.fragments.take()) {
-                (OpCode::Continue, _, None) => {
-                    self.on_protocol_error(ProtocolError::ContinuationNotStarted, ctx);
-                    return false;
-                }
-                (OpCode::Continue, fin, Some((op, mut buf))) => {
-                    if buf.len() + payload.len() > max {
-                        self.on_protocol_error(ProtocolError::Overflow, ctx);
-                        return false;
-                    }
-                    buf.extend_from_slice(&payload);
-                    if fin {
-                        self.on_frame(op, buf, ctx);
-                    } else {
-                        self.fragments = Some((op, buf));
-                    }
-                }
-                (OpCode::Text | OpCode::Binary, false, None) => {
-                    self.fragments = Some((opcode, payload))
-                }
-                (OpCode::Text | OpCode::Binary, _, Some(_)) => {
-                    self.on_protocol_error(ProtocolError::ContinuationStarted, ctx);
-                    return false;
-                }
-                (op, _, pending) => {
-                    // Control frames may arrive between the fragments of a message.
-                    self.fragments = pending;
-                    self.on_frame(op, payload, ctx);
-                }
+                Err(v) => self.fail(v, ctx),
+            }
+            if self.finished(ctx) {
+                return false;
             }
         }
     }
 
-    fn on_protocol_error(&mut self, err: ProtocolError, ctx: &mut Context<Self>) {
-        if matches!(err, ProtocolError::Overflow) {
-            self.begin_close(CloseCode::TooBig, ctx);
-        } else {
-            tracing::debug!(session = %self.id, error = %err, "websocket protocol error");
-            self.begin_close(CloseCode::PolicyViolation, ctx);
-        }
+    fn finished(&self, ctx: &Context<Self>) -> bool {
+        matches!(ctx.state(), ActorState::Stopping | ActorState::Stopped)
     }
 }
 
@@ -271,29 +341,35 @@ impl Endpoint for Session {
         &mut self.inbound
     }
 
-    fn outbound(&mut self) -> &mut BytesMut {
+    fn outbound(&mut self) -> &mut OutQueue {
         &mut self.outbound
     }
 
+    fn on_written(&mut self, n: usize) {
+        self.outbound.written(n);
+        self.link.release(n);
+    }
+
     fn on_input(&mut self, ctx: &mut Context<Self>) -> bool {
-        self.alive();
         self.parse_input(ctx)
     }
 
     fn on_gone(&mut self, ctx: &mut Context<Self>) {
-        if !self.closing {
+        if !self.is_closing() {
             self.shared.metrics.closed(1006);
             self.detach_reason = "gone";
+            self.closing = Some(Closing::default());
         }
-        self.closing = true;
         ctx.stop();
     }
 
     fn on_flushed(&mut self, ctx: &mut Context<Self>) {
         self.flushing = false;
-        if self.closing {
-            // The close frame is out: drop the connection.
-            ctx.stop();
+        if let Some(closing) = self.closing.as_mut() {
+            closing.sent = true;
+            if closing.peer_closed {
+                self.finish(ctx);
+            }
         }
     }
 }
@@ -306,7 +382,7 @@ impl Actor for Session {
             self.push_text(w.as_bytes(), ctx);
         }
         ctx.spawn(Reader);
-        // Bytes that arrived with the handshake (a protocol error there closes the session).
+        // Bytes that arrived with the handshake.
         if !self.inbound.is_empty() {
             self.parse_input(ctx);
         }
@@ -325,7 +401,7 @@ impl Actor for Session {
 /// address the Registry holds, and its liveness stamp.
 pub struct Reserved {
     pub ctx: Context<Session>,
-    pub last_seen: Arc<AtomicU64>,
+    pub link: Arc<Link>,
 }
 
 /// Index a new session before it runs. The actor's address exists before the actor does,
@@ -335,21 +411,22 @@ pub async fn reserve(
     id: SessionId,
     identity: &Identity,
 ) -> Result<Result<Reserved, Refusal>, MailboxError> {
-    let last_seen = Arc::new(AtomicU64::new(crate::clock::now_ms()));
+    let link = Arc::new(Link::new(crate::clock::now_ms()));
     let ctx: Context<Session> = Context::new();
     let attach = Attach {
         id,
         identity: identity.clone(),
         session: ctx.address(),
-        last_seen: last_seen.clone(),
+        link: link.clone(),
     };
     Ok(registry
         .send(attach)
         .await?
-        .map(|()| Reserved { ctx, last_seen }))
+        .map(|()| Reserved { ctx, link }))
 }
 
-/// Queue a message frame for this session.
+/// Queue a message frame for this session. The sender has reserved the frame's bytes in
+/// the session's [`Link`] (see [`Link::reserve`]); the session releases them.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Push {
@@ -368,12 +445,16 @@ impl Push {
 impl Handler<Push> for Session {
     type Result = ();
     fn handle(&mut self, msg: Push, ctx: &mut Context<Self>) {
-        if let Some(topic) = &msg.topic {
-            if !self.topics.contains(&**topic) {
-                return;
-            }
+        let unfollowed = msg
+            .topic
+            .as_ref()
+            .is_some_and(|t| !self.topics.contains(&**t));
+        if self.is_closing() || unfollowed {
+            self.link.release(socket::text_frame_len(msg.frame.len()));
+            return;
         }
-        self.push_text(msg.frame.as_bytes(), ctx);
+        socket::text(self.outbound.frames(), msg.frame.as_bytes());
+        self.flush(ctx);
     }
 }
 
@@ -386,8 +467,8 @@ pub struct Heartbeat;
 impl Handler<Heartbeat> for Session {
     type Result = ();
     fn handle(&mut self, _: Heartbeat, ctx: &mut Context<Self>) {
-        if !self.closing {
-            socket::ping(&mut self.outbound);
+        if !self.is_closing() && self.reserve(2, ctx) {
+            socket::ping(self.outbound.frames());
             self.flush(ctx);
         }
     }

@@ -399,7 +399,20 @@ impl Drop for TempDir {
     }
 }
 
+/// The nats-server binary the tests start: `$HERALD_TEST_NATS_SERVER` when set (it must
+/// exist; scripts/test.sh runs the NATS suites once with Debian's package and once with the
+/// current release), else the first of the usual install paths, else `nats-server` on PATH.
 pub fn nats_server_bin() -> String {
+    if let Some(p) = std::env::var_os("HERALD_TEST_NATS_SERVER") {
+        let path = std::path::Path::new(&p);
+        assert!(
+            path.is_file(),
+            "HERALD_TEST_NATS_SERVER={} is not a file: point it at a nats-server binary \
+             or unset it to use the installed one",
+            path.display()
+        );
+        return path.to_string_lossy().into_owned();
+    }
     for p in [
         "/usr/sbin/nats-server",
         "/usr/bin/nats-server",
@@ -446,13 +459,16 @@ impl Nats {
             args.push("--routes".into());
             args.push(r.join(","));
         }
-        let child = Command::new(nats_server_bin())
+        let bin = nats_server_bin();
+        let child = Command::new(&bin)
             .args(&args)
             .current_dir(&dir.0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("nats-server starts (install the nats-server package)");
+            .unwrap_or_else(|e| {
+                panic!("{bin} does not start ({e}): install the nats-server package")
+            });
         let nats = Nats {
             child,
             port,

@@ -8,6 +8,12 @@
 //! outbound buffer (the session's byte-bounded queue), coalesced, and written with
 //! non-blocking writes when the socket is writable, from futures that run inside the actor
 //! (`Reader`, `Flusher`), so no extra task exists per connection.
+//!
+//! [`decoder`] owns inbound framing and its limits; [`outbound`] the queue of encoded
+//! frames.
+
+pub mod decoder;
+pub mod outbound;
 
 use std::io;
 use std::pin::Pin;
@@ -61,6 +67,32 @@ impl Socket {
             }
         }
     }
+
+    /// End the connection gracefully: read and drop what the peer already sent (closing
+    /// a socket with unread input makes the kernel answer with a reset, which can destroy
+    /// the close frame still on its way), then send FIN.
+    pub fn finish(&self) {
+        if let Socket::Tcp(s) = self {
+            let mut scratch = [0u8; 4096];
+            for _ in 0..64 {
+                match s.try_read(&mut scratch) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            let _ = socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write);
+        }
+    }
+}
+
+/// Bytes a text frame of `payload` bytes takes on the wire.
+pub fn text_frame_len(payload: usize) -> usize {
+    payload
+        + match payload {
+            0..=125 => 2,
+            126..=65535 => 4,
+            _ => 10,
+        }
 }
 
 /// Append a text frame.
@@ -88,7 +120,9 @@ pub fn close(out: &mut BytesMut, code: u16, reason: &str) {
 pub trait Endpoint: actix::Actor<Context = actix::Context<Self>> {
     fn socket(&self) -> &Socket;
     fn inbound(&mut self) -> &mut BytesMut;
-    fn outbound(&mut self) -> &mut BytesMut;
+    fn outbound(&mut self) -> &mut outbound::OutQueue;
+    /// `n` bytes of the outbound queue reached the socket.
+    fn on_written(&mut self, n: usize);
     /// New bytes are in `inbound()`: parse what is complete. Returns false to stop reading.
     fn on_input(&mut self, ctx: &mut actix::Context<Self>) -> bool;
     /// The peer closed the connection or the socket failed.
@@ -170,7 +204,6 @@ impl<A: Endpoint> actix::ActorFuture<A> for Flusher {
     ) -> Poll<()> {
         loop {
             if act.outbound().is_empty() {
-                release_if_empty(act.outbound());
                 act.on_flushed(ctx);
                 return Poll::Ready(());
             }
@@ -183,10 +216,10 @@ impl<A: Endpoint> actix::ActorFuture<A> for Flusher {
                 Poll::Ready(Ok(())) => {}
             }
             let out = std::mem::take(act.outbound());
-            let res = act.socket().try_write(&out);
+            let res = act.socket().try_write(out.bytes());
             *act.outbound() = out;
             match res {
-                Ok(n) => bytes::Buf::advance(act.outbound(), n),
+                Ok(n) => act.on_written(n),
                 Err(e)
                     if e.kind() == io::ErrorKind::WouldBlock
                         || e.kind() == io::ErrorKind::Interrupted => {}
