@@ -17,7 +17,7 @@ use herald::ids::{SessionId, UserId};
 use herald::message::{encode_frame, Delivery, Target};
 use herald::metrics::Metrics;
 use herald::registry::{Deliver, Limits, Registry, RegistryDeps};
-use herald::session::{reserve, Session, SessionShared};
+use herald::session::{reserve, Opening, Session, SessionShared};
 use herald::socket::Socket;
 use herald_proto::frame::Source;
 use herald_proto::Subjects;
@@ -46,6 +46,7 @@ async fn pod_with_sessions(n: usize) -> Pod {
             outbound_queue_bytes: limits.outbound_queue_bytes,
         },
         deliveries: Default::default(),
+        durable: false,
         heartbeat: limits.heartbeat,
         bus: bus.clone(),
         subjects: Subjects::default(),
@@ -82,7 +83,10 @@ async fn pod_with_sessions(n: usize) -> Pod {
             Socket::Counter(written.clone()),
             BytesMut::new(),
             reserved.link,
-            "{}".into(),
+            Opening {
+                welcome: "{}".into(),
+                replay: Vec::new(),
+            },
         );
         reserved.ctx.run(session);
     }
@@ -127,6 +131,7 @@ fn fanout(c: &mut Criterion) {
                             target: Target::Broadcast,
                             frame: frame.clone(),
                             received_at: start,
+                            seq: None,
                         }));
                         while pod.written.load(Ordering::Relaxed) < target {
                             tokio::task::yield_now().await;

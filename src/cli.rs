@@ -55,8 +55,12 @@ pub fn publish(args: PublishArgs) -> ExitCode {
         }
     };
     match rt.block_on(publish_async(args)) {
-        Ok(id) => {
+        Ok((id, cursor)) => {
+            // The id, and in durable mode the message's cursor on a second line.
             println!("{id}");
+            if let Some(c) = cursor {
+                println!("{c}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -66,7 +70,7 @@ pub fn publish(args: PublishArgs) -> ExitCode {
     }
 }
 
-async fn publish_async(args: PublishArgs) -> Result<String, String> {
+async fn publish_async(args: PublishArgs) -> Result<(String, Option<String>), String> {
     let data = match serde_json::from_str::<Box<serde_json::value::RawValue>>(&args.data) {
         Ok(raw) => raw,
         Err(_) => serde_json::value::to_raw_value(&args.data).map_err(|e| e.to_string())?,
@@ -92,9 +96,21 @@ async fn publish_async(args: PublishArgs) -> Result<String, String> {
     let bus = NatsBus::connect(&args.nats_url, "herald-cli", metrics)
         .await
         .map_err(|e| e.to_string())?;
+    if args.durable && subjects.user_of(&msg.subject).is_some() {
+        let cursor = crate::durable::publish_once(
+            bus.client(),
+            &subjects,
+            msg.subject,
+            &msg.headers,
+            msg.payload,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        return Ok((id, Some(cursor)));
+    }
     bus.publish(msg).await.map_err(|e| e.to_string())?;
     bus.flush().await;
-    Ok(id)
+    Ok((id, None))
 }
 
 /// A minimal HTTP/1.1 POST over a plain TCP connection: the CLI talks to a herald on the
@@ -103,7 +119,7 @@ async fn publish_http(
     base: &str,
     api_key: Option<&str>,
     body: &PublishBody,
-) -> Result<String, String> {
+) -> Result<(String, Option<String>), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = base
         .strip_prefix("http://")
@@ -148,5 +164,8 @@ async fn publish_http(
     let v: serde_json::Value =
         serde_json::from_slice(Bytes::copy_from_slice(body.as_bytes()).as_ref())
             .map_err(|e| e.to_string())?;
-    Ok(v["id"].as_str().unwrap_or_default().to_string())
+    Ok((
+        v["id"].as_str().unwrap_or_default().to_string(),
+        v["cursor"].as_str().map(str::to_string),
+    ))
 }

@@ -96,6 +96,9 @@ pub struct ServeArgs {
     /// Most messages replayed on one reconnect.
     #[arg(long, env = "HERALD_MAX_REPLAY", default_value_t = 1000)]
     pub max_replay: u64,
+    /// JetStream replicas of the durable stream.
+    #[arg(long, env = "HERALD_DURABLE_REPLICAS", default_value_t = 1)]
+    pub durable_replicas: usize,
     /// Origins allowed besides same-origin (comma-separated: exact origins,
     /// `https://*.example.com`, or `*`).
     #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -151,6 +154,10 @@ pub struct PublishArgs {
     /// Publish through the HTTP API of this herald instead of NATS.
     #[arg(long)]
     pub http: Option<String>,
+    /// Over NATS: publish a user message through JetStream to the durable stream and
+    /// print its cursor (the HTTP API does this by itself in durable mode).
+    #[arg(long, env = "HERALD_DURABLE", default_value_t = false)]
+    pub durable: bool,
     #[arg(long, env = "HERALD_NATS_URL", value_delimiter = ',')]
     pub nats_url: Vec<String>,
     #[arg(long, env = "HERALD_SUBJECT_PREFIX", default_value = "herald")]
@@ -183,6 +190,14 @@ pub struct RegistryLimits {
     pub outbound_queue_bytes: usize,
 }
 
+/// Durable mode's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct DurableConfig {
+    pub retention: Duration,
+    pub max_replay: u64,
+    pub replicas: usize,
+}
+
 /// Validated configuration of `herald serve`.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -195,7 +210,8 @@ pub struct Config {
     pub session: SessionLimits,
     pub registry: RegistryLimits,
     pub drain_timeout: Duration,
-    pub durable: bool,
+    /// Durable mode (JetStream retention and recovery), when enabled.
+    pub durable: Option<DurableConfig>,
     pub allowed_origins: crate::origin::AllowedOrigins,
     pub listen_backlog: u32,
     pub log_format: LogFormat,
@@ -261,9 +277,27 @@ impl Config {
         if args.upstream_rate == 0 {
             problems.push("--upstream-rate must be at least 1".into());
         }
-        if args.durable {
-            problems.push("--durable is not available in this build (JetStream recovery is not implemented yet)".into());
-        }
+        let durable = if args.durable {
+            if nats_urls.is_empty() {
+                problems.push("--durable needs NATS with JetStream (--nats-url)".into());
+            }
+            if args.retention.is_zero() {
+                problems.push("--retention must be above zero".into());
+            }
+            if args.max_replay == 0 {
+                problems.push("--max-replay must be at least 1".into());
+            }
+            if !(1..=5).contains(&args.durable_replicas) {
+                problems.push("--durable-replicas must be between 1 and 5".into());
+            }
+            Some(DurableConfig {
+                retention: args.retention,
+                max_replay: args.max_replay,
+                replicas: args.durable_replicas,
+            })
+        } else {
+            None
+        };
         let allowed_origins = match crate::origin::AllowedOrigins::parse(&args.allowed_origins) {
             Ok(a) => a,
             Err(e) => {
@@ -309,7 +343,7 @@ impl Config {
             allowed_origins,
             listen_backlog: args.listen_backlog,
             drain_timeout: args.drain_timeout,
-            durable: args.durable,
+            durable,
             log_format: args.log_format,
         })
     }

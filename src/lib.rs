@@ -9,7 +9,8 @@
 //! - [`registry`]: Registry actor, owner of session state (index, limits, takeover,
 //!   eviction, presence, fan-out, drain); [`registry::index`] is its state as plain data.
 //! - [`subscriber`]: Subscriber actor, owner of the pod's bus subscriptions.
-//! - [`bus`]: the `Bus` seam and its engines (`memory`, `nats`).
+//! - [`bus`]: the `Bus` seam and its engines (`memory`, `nats`); [`durable`]: the JetStream
+//!   stream of durable mode, cursors, replays and history.
 //! - [`cluster`]: cluster-wide presence, stats and disconnect; [`pods`]: live pod table.
 //! - [`auth`]: token extraction and JWT verification; [`ids`]: validated ids.
 //! - [`message`]: a published message and its frame, encoded once; [`dedup`]: recent
@@ -27,6 +28,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod dedup;
+pub mod durable;
 pub mod handoff;
 pub mod http;
 pub mod ids;

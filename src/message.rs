@@ -44,6 +44,8 @@ pub struct Delivery {
     pub frame: Frame,
     /// When the message reached this pod, for the delivery latency histogram.
     pub received_at: Instant,
+    /// Durable mode: the message's sequence in the stream (user messages only).
+    pub seq: Option<u64>,
 }
 
 /// The `data` of a frame: the payload verbatim when it is JSON, a JSON string when it is

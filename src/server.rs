@@ -21,13 +21,14 @@ use crate::bus::nats::NatsBus;
 use crate::bus::{Bus, Outbound};
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::durable::{Durable, DurableError};
 use crate::handoff::InFlight;
 use crate::http::{access_log, routes, AppState};
 use crate::metrics::Metrics;
 use crate::pods::{publish_pod_event, PodTable};
 use crate::registry::{Drain, LocalStats, Registry, RegistryDeps, SetSubscriber};
 use crate::session::SessionShared;
-use crate::subscriber::Subscriber;
+use crate::subscriber::{Resync, Subscriber};
 
 /// How often a clustered pod announces itself (well under `pods::POD_DEAD_AFTER`).
 const BEACON_INTERVAL: Duration = Duration::from_secs(1);
@@ -41,6 +42,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let subjects = Subjects::new(config.subject_prefix.clone());
     let pod = config.pod_name.clone();
+    let mut durable: Option<Arc<Durable>> = None;
     let bus: Arc<dyn Bus> = if config.standalone() {
         tracing::info!("standalone mode: in-process bus, no NATS");
         Arc::new(MemoryBus::new())
@@ -48,6 +50,18 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
         let nats = NatsBus::connect(&config.nats_urls, &pod, metrics.clone())
             .await
             .context("connecting to NATS")?;
+        if let Some(d) = config.durable {
+            let stream = Durable::start(nats.client(), subjects.clone(), d)
+                .await
+                .context("durable mode")?;
+            tracing::info!(
+                stream = stream.stream(),
+                retention = %humantime::format_duration(d.retention),
+                replicas = d.replicas,
+                "durable mode: user messages are kept in JetStream"
+            );
+            durable = Some(Arc::new(stream));
+        }
         Arc::new(nats)
     };
     if matches!(config.auth, crate::auth::AuthConfig::Unsigned) {
@@ -64,6 +78,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
         pod: pod.clone(),
         metrics: metrics.clone(),
         clustered: !config.standalone(),
+        durable: durable.is_some(),
     })
     .start();
     let cluster = Cluster {
@@ -71,9 +86,18 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
         subjects: subjects.clone(),
         pods: pods.clone(),
     };
-    let subscriber =
-        Subscriber::new(registry.clone(), pod.clone(), cluster.clone(), deliveries).start();
-    registry.do_send(SetSubscriber(subscriber));
+    let subscriber = Subscriber::new(
+        registry.clone(),
+        pod.clone(),
+        cluster.clone(),
+        deliveries,
+        durable.clone(),
+    )
+    .start();
+    registry.do_send(SetSubscriber(subscriber.clone()));
+    if let Some(d) = &durable {
+        actix::spawn(watch_stream(d.clone(), bus.clone(), subscriber));
+    }
 
     let draining = Arc::new(AtomicBool::new(false));
     let local = listener
@@ -99,6 +123,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
         next_session: AtomicU64::new(session_id_seed()),
         allowed_origins: config.allowed_origins.clone(),
         discovered: Arc::new(AtomicBool::new(config.standalone())),
+        durable: durable.clone(),
     });
     if config.api_key.is_none() && !local.ip().is_loopback() {
         tracing::warn!("no API key configured: /api/v1 answers 401 (set --api-key)");
@@ -243,6 +268,47 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// How often durable mode checks that the stream still is the one it knows.
+const STREAM_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Durable mode: re-read the stream after a reconnect (republished messages sent while
+/// disconnected were missed), and re-create it if it was deleted (a new epoch: every feed
+/// starts over from the new stream).
+async fn watch_stream(durable: Arc<Durable>, bus: Arc<dyn Bus>, subscriber: Addr<Subscriber>) {
+    let mut generation = bus.connection_generation();
+    let mut tick = tokio::time::interval(STREAM_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !bus.is_connected() {
+            continue;
+        }
+        let now = bus.connection_generation();
+        let reconnected = now != generation;
+        generation = now;
+        let changed = match durable.current_epoch().await {
+            Ok(epoch) if epoch == durable.epoch() => false,
+            Ok(_) | Err(DurableError::NoStream(_)) => match durable.ensure().await {
+                Ok(_) => {
+                    tracing::warn!(stream = durable.stream(), "the durable stream was re-created: cursors of the old one no longer resume");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "durable stream missing and not re-created");
+                    continue;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "durable stream not reachable");
+                continue;
+            }
+        };
+        if changed || reconnected {
+            subscriber.do_send(Resync { reset: changed });
+        }
     }
 }
 

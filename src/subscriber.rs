@@ -12,12 +12,16 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use futures_util::stream::{self, AbortHandle, Abortable, SelectAll, StreamExt};
 use herald_proto::control::{self, Control, Query, QueryReply};
-use herald_proto::{Subjects, HEADER_DEVICE, HEADER_EVENT, HEADER_MSG_ID};
+use herald_proto::{
+    Subjects, HEADER_DEVICE, HEADER_EVENT, HEADER_LAST_SEQUENCE, HEADER_MSG_ID, HEADER_SEQUENCE,
+};
 use std::task::Waker;
 use tokio::sync::oneshot;
 
 use crate::bus::{Bus, BusMessage, Outbound, Subscription};
 use crate::cluster::Cluster;
+use crate::durable::feed::{Feed, LiveMsg, Output as FeedOutput};
+use crate::durable::{Audience, Durable};
 use crate::handoff::InFlight;
 use crate::ids::{DeviceId, UserId};
 use crate::message::{encode_frame, new_message_id, Delivery, Target};
@@ -29,6 +33,15 @@ const PRESENCE_QUEUE: &str = "herald-presence";
 
 /// Retry a failed subscribe after this long.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
+
+/// Someone waiting for a subscription to be in place; durable live feeds answer with
+/// their baseline (see [`AwaitInterest`]).
+type Waiter = oneshot::Sender<Option<u64>>;
+
+/// Retry a failed JetStream read (baseline or fill) after this long.
+const DURABLE_RETRY: Duration = Duration::from_millis(500);
+/// Messages per read while filling a gap or resyncing.
+const FILL_CHUNK: usize = 1000;
 
 pub struct Subscriber {
     bus: Arc<dyn Bus>,
@@ -44,14 +57,15 @@ pub struct Subscriber {
     seen: crate::dedup::RecentIds,
     /// Deliveries waiting in the Registry's mailbox (bounded).
     deliveries: Arc<InFlight>,
+    /// Durable mode: the stream, and each interesting user's live feed by live subject.
+    durable: Option<Arc<Durable>>,
+    feeds: HashMap<String, Feed<Option<Delivery>>>,
+    baseline_waiters: HashMap<String, Vec<Waiter>>,
 }
 
 enum SubState {
     /// Subscribe in flight; `wanted` turns false if interest ended meanwhile.
-    Pending {
-        wanted: bool,
-        waiters: Vec<oneshot::Sender<()>>,
-    },
+    Pending { wanted: bool, waiters: Vec<Waiter> },
     /// Subscribed; aborting the handle ends the stream, which unsubscribes on the bus.
     Active(AbortHandle),
 }
@@ -62,6 +76,7 @@ impl Subscriber {
         pod: String,
         cluster: Cluster,
         deliveries: Arc<InFlight>,
+        durable: Option<Arc<Durable>>,
     ) -> Self {
         Subscriber {
             bus: cluster.bus.clone(),
@@ -75,6 +90,9 @@ impl Subscriber {
             pump_waker: None,
             seen: crate::dedup::RecentIds::default(),
             deliveries,
+            durable,
+            feeds: HashMap::new(),
+            baseline_waiters: HashMap::new(),
         }
     }
 
@@ -123,13 +141,20 @@ impl Subscriber {
                 if let Some(w) = self.pump_waker.take() {
                     w.wake();
                 }
-                self.subs.insert(subject, SubState::Active(handle));
-                waiters.into_iter().for_each(|w| {
-                    let _ = w.send(());
-                });
+                self.subs.insert(subject.clone(), SubState::Active(handle));
+                if self.is_live_feed(&subject) {
+                    // Ready once the baseline is known: waiters get it then.
+                    self.feeds.insert(subject.clone(), Feed::default());
+                    self.baseline_waiters.insert(subject.clone(), waiters);
+                    self.fetch_baseline(subject, ctx);
+                } else {
+                    waiters.into_iter().for_each(|w| {
+                        let _ = w.send(None);
+                    });
+                }
             }
             Ok(_) => waiters.into_iter().for_each(|w| {
-                let _ = w.send(());
+                let _ = w.send(None);
             }),
             Err(e) if wanted => {
                 tracing::warn!(subject = %subject, error = %e, "subscribe failed; retrying");
@@ -142,7 +167,7 @@ impl Subscriber {
                 });
             }
             Err(_) => waiters.into_iter().for_each(|w| {
-                let _ = w.send(());
+                let _ = w.send(None);
             }),
         }
     }
@@ -158,9 +183,205 @@ impl Subscriber {
             }
             None => {}
         }
+        self.feeds.remove(subject);
+        for w in self.baseline_waiters.remove(subject).unwrap_or_default() {
+            let _ = w.send(None);
+        }
+    }
+
+    fn is_live_feed(&self, subject: &str) -> bool {
+        self.durable.is_some() && self.subjects.live_user_of(subject).is_some()
+    }
+
+    /// Learn the newest kept sequence of the feed's user, so the feed knows where live
+    /// delivery starts (and sessions where their replay ends).
+    fn fetch_baseline(&mut self, subject: String, ctx: &mut Context<Self>) {
+        let (Some(durable), Some(user)) = (
+            self.durable.clone(),
+            self.subjects
+                .live_user_of(&subject)
+                .and_then(|u| UserId::parse(u).ok()),
+        ) else {
+            return;
+        };
+        ctx.spawn(
+            async move { durable.last_seq(&user).await }
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    let Some(feed) = act.feeds.get_mut(&subject) else {
+                        return;
+                    };
+                    match res {
+                        Ok(baseline) => {
+                            let out = feed.established(baseline);
+                            for w in act.baseline_waiters.remove(&subject).unwrap_or_default() {
+                                let _ = w.send(Some(baseline));
+                            }
+                            act.apply(&subject, out, ctx);
+                        }
+                        Err(e) => {
+                            tracing::warn!(subject = %subject, error = %e, "durable baseline not read; retrying");
+                            ctx.run_later(DURABLE_RETRY, move |act, ctx| {
+                                if act.feeds.contains_key(&subject) {
+                                    act.fetch_baseline(subject, ctx);
+                                }
+                            });
+                        }
+                    }
+                }),
+        );
+    }
+
+    /// Carry out what a feed decided: pass deliveries on, start a fill.
+    fn apply(&mut self, subject: &str, out: FeedOutput<Option<Delivery>>, ctx: &mut Context<Self>) {
+        // `None`: kept for a device no session can have; it only moves the feed on.
+        for delivery in out.deliver.into_iter().filter_map(|(_, d)| d) {
+            self.forward(delivery);
+        }
+        if let Some((after, upto)) = out.fill {
+            self.fill(subject.to_string(), after, upto, ctx);
+        }
+    }
+
+    /// Read the feed's user's kept messages after `after` (up to `upto`) and hand them to
+    /// the feed, retrying while the stream cannot be read.
+    fn fill(&mut self, subject: String, after: u64, upto: Option<u64>, ctx: &mut Context<Self>) {
+        let (Some(durable), Some(user)) = (
+            self.durable.clone(),
+            self.subjects
+                .live_user_of(&subject)
+                .and_then(|u| UserId::parse(u).ok()),
+        ) else {
+            return;
+        };
+        tracing::debug!(subject = %subject, after, ?upto, "filling a gap from the stream");
+        let reader = durable.clone();
+        ctx.spawn(
+            async move {
+                let mut all = Vec::new();
+                let mut from = after;
+                loop {
+                    let read = reader
+                        .read(&user, from, upto, Audience::All, FILL_CHUNK)
+                        .await?;
+                    if let Some(last) = read.messages.last() {
+                        from = last.seq;
+                    }
+                    let more = read.more;
+                    all.extend(read.messages);
+                    if !more {
+                        return Ok::<_, crate::durable::DurableError>((user, all));
+                    }
+                }
+            }
+            .into_actor(self)
+            .map(move |res, act, ctx| match res {
+                Ok((user, stored)) => {
+                    let Some(feed) = act.feeds.get_mut(&subject) else {
+                        return;
+                    };
+                    tracing::debug!(subject = %subject, filled = stored.len(), "gap filled");
+                    let now = Instant::now();
+                    let messages = stored
+                        .into_iter()
+                        .map(|s| {
+                            let device = match s.device.as_deref().map(DeviceId::parse) {
+                                None => Some(None),
+                                Some(Ok(d)) => Some(Some(d)),
+                                Some(Err(_)) => None,
+                            };
+                            let delivery = device.map(|device| Delivery {
+                                target: Target::User {
+                                    user: user.clone(),
+                                    device,
+                                },
+                                frame: s.frame,
+                                received_at: now,
+                                seq: Some(s.seq),
+                            });
+                            (s.seq, delivery)
+                        })
+                        .collect();
+                    let out = feed.filled(messages);
+                    act.apply(&subject, out, ctx);
+                }
+                Err(e) => {
+                    tracing::warn!(subject = %subject, error = %e, "durable fill failed; retrying");
+                    ctx.run_later(DURABLE_RETRY, move |act, ctx| {
+                        if act.feeds.get(&subject).is_some_and(|f| f.is_filling()) {
+                            act.fill(subject, after, upto, ctx);
+                        }
+                    });
+                }
+            }),
+        );
+    }
+
+    fn forward(&mut self, delivery: Delivery) {
+        self.deliveries.started();
+        self.registry.do_send(Deliver(delivery));
+    }
+
+    /// A republished message of durable mode: put in order by the user's feed.
+    fn on_live(&mut self, msg: BusMessage, ctx: &mut Context<Self>) {
+        let received_at = Instant::now();
+        let (Some(durable), Some(user)) = (
+            self.durable.clone(),
+            self.subjects
+                .live_user_of(&msg.subject)
+                .and_then(|u| UserId::parse(u).ok()),
+        ) else {
+            return;
+        };
+        let Some(seq) = msg
+            .header(HEADER_SEQUENCE)
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            tracing::debug!(subject = %msg.subject, "live message without Nats-Sequence dropped");
+            return;
+        };
+        let prev = msg
+            .header(HEADER_LAST_SEQUENCE)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
+        let device = match msg.header(HEADER_DEVICE).map(DeviceId::parse) {
+            None => Some(None),
+            Some(Ok(d)) => Some(Some(d)),
+            Some(Err(_)) => {
+                // Kept, but for a device no session can have: nobody gets it.
+                tracing::debug!(subject = %msg.subject, "dropping message with an invalid Herald-Device");
+                None
+            }
+        };
+        let stored = durable.stored(
+            seq,
+            msg.header(HEADER_MSG_ID),
+            msg.header(HEADER_EVENT),
+            msg.header(HEADER_DEVICE).map(str::to_string),
+            &msg.payload,
+        );
+        let delivery = device.map(|device| Delivery {
+            target: Target::User { user, device },
+            frame: stored.frame,
+            received_at,
+            seq: Some(seq),
+        });
+        let subject = msg.subject;
+        let Some(feed) = self.feeds.get_mut(&subject) else {
+            return;
+        };
+        let out = feed.live(LiveMsg {
+            seq,
+            prev,
+            item: delivery,
+        });
+        self.apply(&subject, out, ctx);
     }
 
     fn on_message(&mut self, msg: BusMessage, ctx: &mut Context<Self>) {
+        if self.durable.is_some() && self.subjects.live_user_of(&msg.subject).is_some() {
+            return self.on_live(msg, ctx);
+        }
         let received_at = Instant::now();
         let subjects = &self.subjects;
         let target = if let Some(user) = subjects.user_of(&msg.subject) {
@@ -216,12 +437,12 @@ impl Subscriber {
             msg.header(HEADER_EVENT),
             &msg.payload,
         );
-        self.deliveries.started();
-        self.registry.do_send(Deliver(Delivery {
+        self.forward(Delivery {
             target,
             frame,
             received_at,
-        }));
+            seq: None,
+        });
     }
 
     fn on_control(&mut self, msg: &BusMessage) {
@@ -450,23 +671,58 @@ impl Handler<Interest> for Subscriber {
 }
 
 /// Resolves once the subject's subscription is in place (at once if it already is, or if
-/// nobody wants it).
+/// nobody wants it). A durable live feed resolves once its baseline is known, with the
+/// baseline: every message after it reaches the Registry after this answer.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Option<u64>")]
 pub struct AwaitInterest(pub String);
 
 impl Handler<AwaitInterest> for Subscriber {
-    type Result = ResponseFuture<()>;
+    type Result = ResponseFuture<Option<u64>>;
     fn handle(&mut self, msg: AwaitInterest, _: &mut Context<Self>) -> Self::Result {
-        match self.subs.get_mut(&msg.0) {
-            Some(SubState::Pending { waiters, .. }) => {
+        let waiters = match self.subs.get_mut(&msg.0) {
+            Some(SubState::Pending { waiters, .. }) => Some(waiters),
+            _ => match self.feeds.get(&msg.0) {
+                Some(feed) => match feed.baseline() {
+                    Some(b) => return Box::pin(async move { Some(b) }),
+                    None => self.baseline_waiters.get_mut(&msg.0),
+                },
+                None => None,
+            },
+        };
+        match waiters {
+            Some(waiters) => {
                 let (tx, rx) = oneshot::channel();
                 waiters.push(tx);
-                Box::pin(async move {
-                    let _ = rx.await;
-                })
+                Box::pin(async move { rx.await.ok().flatten() })
             }
-            _ => Box::pin(async {}),
+            None => Box::pin(async { None }),
+        }
+    }
+}
+
+/// Durable mode: live traffic may have been missed (the bus reconnected) or the stream
+/// was re-created (`reset`: sequences start over); every feed reads the stream again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resync {
+    pub reset: bool,
+}
+
+impl Handler<Resync> for Subscriber {
+    type Result = ();
+    fn handle(&mut self, msg: Resync, ctx: &mut Context<Self>) {
+        let subjects: Vec<String> = self.feeds.keys().cloned().collect();
+        tracing::info!(
+            feeds = subjects.len(),
+            reset = msg.reset,
+            "durable feeds resync from the stream"
+        );
+        for subject in subjects {
+            if let Some(feed) = self.feeds.get_mut(&subject) {
+                let out = feed.resync(msg.reset);
+                self.apply(&subject, out, ctx);
+            }
         }
     }
 }

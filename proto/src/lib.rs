@@ -33,6 +33,11 @@ pub const HEADER_SESSION: &str = "Herald-Session";
 pub const HEADER_POD: &str = "Herald-Pod";
 /// NATS header with the publisher's message id (also used by JetStream for de-duplication).
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
+/// Set by JetStream on a republished message: its sequence in the stream.
+pub const HEADER_SEQUENCE: &str = "Nats-Sequence";
+/// Set by JetStream on a republished message: the sequence of the previous message on the
+/// same subject (0 for the first).
+pub const HEADER_LAST_SEQUENCE: &str = "Nats-Last-Sequence";
 
 /// True when `s` is a valid id token: 1 to 128 bytes of `A-Z a-z 0-9 _ - =`.
 ///

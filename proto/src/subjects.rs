@@ -30,6 +30,27 @@ impl Subjects {
         self.strip(subject, "user.")
     }
 
+    /// `<prefix>.user.>`: every user subject (what the durable stream captures).
+    pub fn user_any(&self) -> String {
+        format!("{}.user.>", self.prefix)
+    }
+
+    /// `<prefix>.live.user.<id>`: durable mode's live feed of a user, republished by the
+    /// stream after each message is stored.
+    pub fn live_user(&self, user: &str) -> String {
+        format!("{}.live.user.{user}", self.prefix)
+    }
+
+    /// `<prefix>.live.user.>`: where the stream republishes.
+    pub fn live_user_any(&self) -> String {
+        format!("{}.live.user.>", self.prefix)
+    }
+
+    /// The user id of a `<prefix>.live.user.<id>` subject.
+    pub fn live_user_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        self.strip(subject, "live.user.")
+    }
+
     /// `<prefix>.broadcast`: every session on every pod.
     pub fn broadcast(&self) -> String {
         format!("{}.broadcast", self.prefix)

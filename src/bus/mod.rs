@@ -99,6 +99,11 @@ pub trait Bus: Send + Sync + 'static {
     /// Engine name for logs.
     fn engine(&self) -> &'static str;
 
+    /// Changes each time the bus reconnects (live traffic may have been missed meanwhile).
+    fn connection_generation(&self) -> u64 {
+        0
+    }
+
     /// Wait (briefly) until what was published has left this process.
     async fn flush(&self) {}
 

@@ -6,6 +6,7 @@
 //! disconnected, `publish` fails fast instead of buffering, so a browser's upstream frame
 //! is answered with an error rather than lost silently.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ const SUBSCRIBE_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct NatsBus {
     client: async_nats::Client,
+    /// Connections made so far (1 after the first, +1 per reconnect).
+    connections: Arc<AtomicU64>,
 }
 
 impl NatsBus {
@@ -38,6 +41,8 @@ impl NatsBus {
             })
             .collect::<Result<_, _>>()?;
         let events = metrics.clone();
+        let connections = Arc::new(AtomicU64::new(0));
+        let counted = connections.clone();
         let options = async_nats::ConnectOptions::new()
             .name(name)
             .retry_on_initial_connect()
@@ -51,9 +56,11 @@ impl NatsBus {
             })
             .event_callback(move |event| {
                 let metrics = events.clone();
+                let counted = counted.clone();
                 async move {
                     match event {
                         async_nats::Event::Connected => {
+                            counted.fetch_add(1, Ordering::AcqRel);
                             metrics.bus_connected.set(1);
                             tracing::info!("NATS connected");
                         }
@@ -78,7 +85,18 @@ impl NatsBus {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(NatsBus { client })
+        if client.connection_state() == async_nats::connection::State::Connected {
+            connections.fetch_max(1, Ordering::AcqRel);
+        }
+        Ok(NatsBus {
+            client,
+            connections,
+        })
+    }
+
+    /// The client, for JetStream (durable mode).
+    pub fn client(&self) -> async_nats::Client {
+        self.client.clone()
     }
 }
 
@@ -169,6 +187,10 @@ impl Bus for NatsBus {
 
     fn engine(&self) -> &'static str {
         "nats"
+    }
+
+    fn connection_generation(&self) -> u64 {
+        self.connections.load(Ordering::Acquire)
     }
 
     async fn flush(&self) {

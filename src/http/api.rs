@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 
 use super::AppState;
 use crate::bus::Outbound;
+use crate::durable::Audience;
 use crate::ids::{DeviceId, UserId};
 use crate::message::new_message_id;
 
@@ -137,10 +138,99 @@ pub async fn publish(req: HttpRequest, body: Bytes, state: web::Data<AppState>) 
         Ok(m) => m,
         Err(e) => return bad_request(e),
     };
+    if let Some(durable) = &state.durable {
+        if state.cluster.subjects.user_of(&msg.subject).is_some() {
+            // Stored first (the stream republishes it to the pods), so the answer can
+            // carry the cursor; a message the stream did not take is not delivered.
+            return match durable
+                .publish(msg.subject, &msg.headers, msg.payload)
+                .await
+            {
+                Ok(seq) => HttpResponse::Accepted()
+                    .json(serde_json::json!({ "id": id, "cursor": durable.cursor(seq) })),
+                Err(e) => unavailable(e),
+            };
+        }
+    }
     match state.bus.publish(msg).await {
         Ok(()) => HttpResponse::Accepted().json(serde_json::json!({ "id": id })),
         Err(e) => unavailable(e),
     }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    since: Option<String>,
+    limit: Option<String>,
+    device: Option<String>,
+}
+
+/// Messages kept for a user after a cursor (durable mode).
+pub async fn history(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<HistoryQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let user = match authorized_user(&req, &state, &path) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let Some(durable) = &state.durable else {
+        return error(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "history needs durable mode (--durable)",
+        );
+    };
+    let max = usize::try_from(durable.max_replay()).unwrap_or(usize::MAX);
+    let limit = match query.limit.as_deref().map(str::parse::<usize>) {
+        None => 100.min(max),
+        Some(Ok(n)) if n > 0 => n.min(max),
+        Some(_) => return bad_request("limit: a number of messages, at least 1"),
+    };
+    let device = match query.device.as_deref().map(DeviceId::parse) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => return bad_request(format!("device: {e}")),
+    };
+    let after = match &query.since {
+        Some(since) => match durable.resume_point(since).await {
+            Ok(Ok(after)) => after,
+            Ok(Err(refusal)) => {
+                return error(
+                    actix_web::http::StatusCode::GONE,
+                    format!("since cannot be continued: {refusal}"),
+                )
+            }
+            Err(e) => return unavailable(e),
+        },
+        None => match durable.before_oldest().await {
+            Ok(after) => after,
+            Err(e) => return unavailable(e),
+        },
+    };
+    let audience = match &device {
+        Some(d) => Audience::Session(Some(d)),
+        None => Audience::All,
+    };
+    let read = match durable.read(&user, after, None, audience, limit).await {
+        Ok(r) => r,
+        Err(e) => return unavailable(e),
+    };
+    let cursor = read.messages.last().map_or_else(
+        || query.since.clone().unwrap_or_else(|| durable.cursor(after)),
+        |m| durable.cursor(m.seq),
+    );
+    let messages: Vec<&RawValue> = read
+        .messages
+        .iter()
+        .filter_map(|m| serde_json::from_str::<&RawValue>(&m.frame).ok())
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({
+        "messages": messages,
+        "cursor": cursor,
+        "more": read.more,
+    }))
 }
 
 /// The API key check, then the user id of the path.

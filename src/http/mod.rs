@@ -37,6 +37,8 @@ pub struct AppState {
     /// Set once the pod has announced itself and heard the live pods (at once in
     /// standalone mode): readiness waits for it.
     pub discovered: Arc<AtomicBool>,
+    /// Durable mode's stream, when enabled.
+    pub durable: Option<Arc<crate::durable::Durable>>,
     /// Origins allowed besides same-origin.
     pub allowed_origins: crate::origin::AllowedOrigins,
 }
@@ -60,6 +62,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/publish", web::post().to(api::publish))
                 .route("/presence/{user}", web::get().to(api::presence))
                 .route("/stats", web::get().to(api::stats))
+                .route("/history/{user}", web::get().to(api::history))
                 .route("/users/{user}/disconnect", web::post().to(api::disconnect)),
         );
 }

@@ -18,9 +18,10 @@ use tokio::net::TcpStream;
 
 use super::AppState;
 use crate::auth::{authenticate, extract_token, query_param};
+use crate::durable::{Audience, Durable};
 use crate::ids::{DeviceId, SessionId, UserId};
 use crate::registry::Detach;
-use crate::session::{reserve, Link, Session};
+use crate::session::{reserve, Link, Opening, Session};
 use crate::socket::Socket;
 
 /// A handshake refusal: status and reason.
@@ -77,7 +78,10 @@ pub async fn serve(state: web::Data<AppState>, req: Request, framed: Framed<TcpS
                 Socket::Tcp(io),
                 leftover,
                 admitted.link,
-                admitted.welcome,
+                Opening {
+                    welcome: admitted.welcome,
+                    replay: admitted.replay,
+                },
             );
             admitted.ctx.run(session);
         }
@@ -90,6 +94,7 @@ struct Admitted {
     ctx: Context<Session>,
     link: Arc<Link>,
     welcome: String,
+    replay: Vec<crate::message::Frame>,
     key: String,
 }
 
@@ -149,14 +154,23 @@ async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refusal> {
         Ok(Err(r)) => return Err(refusal(state, r.status(), r.reason())),
         Err(_) => return Err(refusal(state, 503, "hub is shutting down")),
     };
+    let replay = match (&since, &state.durable) {
+        (Some(since), Some(durable)) => match reserved.live_after {
+            Some(live_after) => recover(durable, &identity, since, live_after).await,
+            None => None,
+        },
+        // Without durable mode nothing is kept, so a resume request never recovers.
+        _ => None,
+    };
     let welcome = ServerFrame::Welcome {
         session: id.to_string(),
         user: user.to_string(),
         pod: state.session.pod.clone(),
         heartbeat_ms: state.session.limits.heartbeat.as_millis() as u64,
-        // Without durable mode nothing is kept, so a resume request never recovers.
-        recovered: since.as_ref().map(|_| false),
-        replayed: since.as_ref().map(|_| 0),
+        recovered: since.as_ref().map(|_| replay.is_some()),
+        replayed: since
+            .as_ref()
+            .map(|_| replay.as_ref().map_or(0, |r| r.len() as u64)),
     };
     tracing::debug!(session = %id, user = %user, "session open");
     Ok(Admitted {
@@ -165,8 +179,50 @@ async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refusal> {
         ctx: reserved.ctx,
         link: reserved.link,
         welcome: welcome.to_json(),
+        replay: replay.unwrap_or_default(),
         key,
     })
+}
+
+/// Durable mode: every message for this session after `since`, up to `live_after` (the
+/// rest comes live), or None when that cannot be done whole: a cursor that cannot be
+/// continued, more than `--max-replay` messages, or the stream unreachable. Never a part.
+async fn recover(
+    durable: &Durable,
+    identity: &crate::auth::Identity,
+    since: &str,
+    live_after: u64,
+) -> Option<Vec<crate::message::Frame>> {
+    let after = match durable.resume_point(since).await {
+        Ok(Ok(after)) => after,
+        Ok(Err(refusal)) => {
+            tracing::debug!(user = %identity.user, why = %refusal, "not recovered");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(user = %identity.user, error = %e, "not recovered: stream unreachable");
+            return None;
+        }
+    };
+    if after >= live_after {
+        return Some(Vec::new());
+    }
+    let limit = usize::try_from(durable.max_replay()).unwrap_or(usize::MAX);
+    let audience = Audience::Session(identity.device.as_ref());
+    match durable
+        .read(&identity.user, after, Some(live_after), audience, limit)
+        .await
+    {
+        Ok(read) if read.more => {
+            tracing::debug!(user = %identity.user, "not recovered: more than --max-replay missing");
+            None
+        }
+        Ok(read) => Some(read.messages.into_iter().map(|m| m.frame).collect()),
+        Err(e) => {
+            tracing::warn!(user = %identity.user, error = %e, "not recovered: stream unreachable");
+            None
+        }
+    }
 }
 
 fn refusal_response(status: u16, reason: &str) -> String {

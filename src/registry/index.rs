@@ -277,6 +277,11 @@ impl<H> Index<H> {
     }
 
     /// Sessions of a user, optionally only those opened with `device`.
+    /// Whether the user has a session here.
+    pub fn has_user(&self, user: &UserId) -> bool {
+        self.users.contains_key(user)
+    }
+
     pub fn of_user<'a>(
         &'a self,
         user: &UserId,

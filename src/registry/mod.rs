@@ -47,6 +47,8 @@ pub struct RegistryDeps {
     pub metrics: Arc<Metrics>,
     /// Other pods may exist: announce takeovers on the control subject.
     pub clustered: bool,
+    /// Durable mode: users' live traffic comes from the stream's republished subjects.
+    pub durable: bool,
     /// Deliveries the Subscriber handed over and this Registry has not handled yet.
     pub deliveries: Arc<crate::handoff::InFlight>,
 }
@@ -60,6 +62,9 @@ pub struct Registry {
     /// Session-topic pairs, for the gauge.
     topic_subscriptions: i64,
     ping_slice: u64,
+    /// Durable mode: the sequence of the last message fanned out to each user with local
+    /// sessions. A session attached now gets every later one live, so its replay ends here.
+    last_seq: std::collections::HashMap<UserId, u64>,
 }
 
 struct DrainState {
@@ -80,11 +85,17 @@ impl Registry {
             drain: None,
             topic_subscriptions: 0,
             ping_slice: 0,
+            last_seq: std::collections::HashMap::new(),
         }
     }
 
+    /// The subject a user's messages reach this pod on.
     fn user_subject(&self, user: &UserId) -> String {
-        self.deps.subjects.user(user.as_str())
+        if self.deps.durable {
+            self.deps.subjects.live_user(user.as_str())
+        } else {
+            self.deps.subjects.user(user.as_str())
+        }
     }
 
     fn update_gauges(&self) {
@@ -140,6 +151,11 @@ impl Registry {
             if removed.last_of_user {
                 sub.do_send(Interest::Remove(self.user_subject(&entry.user)));
             }
+        }
+        if removed.last_of_user {
+            self.last_seq.remove(&entry.user);
+        }
+        if let Some(sub) = &self.subscriber {
             for topic in &removed.topics_emptied {
                 sub.do_send(Interest::Remove(self.deps.subjects.topic(topic)));
             }
@@ -258,9 +274,10 @@ impl Handler<SetSubscriber> for Registry {
 }
 
 /// Attach a new session. Resolves once messages for its user reach this pod, so a
-/// welcome sent after it never precedes lost messages.
+/// welcome sent after it never precedes lost messages. In durable mode it resolves with
+/// the sequence after which the session is sent everything live: a replay ends there.
 #[derive(Message)]
-#[rtype(result = "Result<(), Refusal>")]
+#[rtype(result = "Result<Option<u64>, Refusal>")]
 pub struct Attach {
     pub id: SessionId,
     pub identity: Identity,
@@ -269,7 +286,7 @@ pub struct Attach {
 }
 
 impl Handler<Attach> for Registry {
-    type Result = ResponseFuture<Result<(), Refusal>>;
+    type Result = ResponseFuture<Result<Option<u64>, Refusal>>;
 
     fn handle(&mut self, msg: Attach, _: &mut Context<Self>) -> Self::Result {
         if self.draining {
@@ -324,16 +341,19 @@ impl Handler<Attach> for Registry {
         );
         self.presence_event(&user, msg.id, device.as_ref(), None);
         self.update_gauges();
+        let known = self.last_seq.get(&user).copied();
         let Some(subscriber) = self.subscriber.clone() else {
-            return Box::pin(async { Ok(()) });
+            return Box::pin(async move { Ok(known) });
         };
         if first {
             subscriber.do_send(Interest::Add(subject.clone()));
         }
         Box::pin(async move {
             // If the bus is down the interest comes back with it; the session may wait.
-            let _ = subscriber.send(AwaitInterest(subject)).await;
-            Ok(())
+            let baseline = subscriber.send(AwaitInterest(subject)).await.ok().flatten();
+            // A message fanned out before this session was indexed is newer than the
+            // feed's baseline; without one, everything after the baseline reaches it.
+            Ok(known.or(baseline))
         })
     }
 }
@@ -377,6 +397,11 @@ impl Handler<Deliver> for Registry {
         self.deps.deliveries.done();
         let limit = self.deps.limits.outbound_queue_bytes;
         let size = text_frame_len(d.frame.len());
+        if let (Some(seq), Target::User { user, .. }) = (d.seq, &d.target) {
+            if self.index.has_user(user) {
+                self.last_seq.insert(user.clone(), seq);
+            }
+        }
         let mut sent: u64 = 0;
         let mut dropped: u64 = 0;
         let mut offer = |e: &Entry<Addr<Session>>, topic: Option<&Arc<str>>| {

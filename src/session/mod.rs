@@ -45,6 +45,12 @@ pub const MAX_BAD_FRAMES: u32 = 5;
 /// closing with 4029; the count restarts when a frame is accepted again.
 pub const MAX_RATE_STRIKES: u32 = 10;
 
+/// What a session sends first: its welcome frame, then the messages it recovered.
+pub struct Opening {
+    pub welcome: String,
+    pub replay: Vec<Frame>,
+}
+
 /// What the pod shares with every session.
 pub struct SessionShared {
     pub registry: Addr<Registry>,
@@ -90,6 +96,8 @@ pub struct Session {
     closing: Option<Closing>,
     detach_reason: &'static str,
     welcome: Option<String>,
+    /// Recovered messages, sent right after the welcome (before any live frame).
+    replay: Vec<Frame>,
     topics: HashSet<String>,
 }
 
@@ -103,7 +111,7 @@ impl Session {
         socket: Socket,
         inbound: BytesMut,
         link: Arc<Link>,
-        welcome: String,
+        opening: Opening,
     ) -> Session {
         let rate = NonZeroU32::new(shared.limits.upstream_rate).unwrap_or(NonZeroU32::MIN);
         let burst = rate.saturating_mul(NonZeroU32::MIN.saturating_add(1));
@@ -124,7 +132,8 @@ impl Session {
             bad_frames: 0,
             closing: None,
             detach_reason: "client",
-            welcome: Some(welcome),
+            welcome: Some(opening.welcome),
+            replay: opening.replay,
             topics: HashSet::new(),
             shared,
         }
@@ -381,6 +390,14 @@ impl Actor for Session {
         if let Some(w) = self.welcome.take() {
             self.push_text(w.as_bytes(), ctx);
         }
+        // The replay is bounded by --max-replay; it is counted in the session's queue but
+        // never refused, so live frames behind it are what waits.
+        for frame in std::mem::take(&mut self.replay) {
+            let before = self.outbound.len();
+            socket::text(self.outbound.frames(), frame.as_bytes());
+            self.link.force(self.outbound.len() - before);
+        }
+        self.flush(ctx);
         ctx.spawn(Reader);
         // Bytes that arrived with the handshake.
         if !self.inbound.is_empty() {
@@ -402,6 +419,8 @@ impl Actor for Session {
 pub struct Reserved {
     pub ctx: Context<Session>,
     pub link: Arc<Link>,
+    /// Durable mode: the sequence after which the session gets every message live.
+    pub live_after: Option<u64>,
 }
 
 /// Index a new session before it runs. The actor's address exists before the actor does,
@@ -419,10 +438,11 @@ pub async fn reserve(
         session: ctx.address(),
         link: link.clone(),
     };
-    Ok(registry
-        .send(attach)
-        .await?
-        .map(|()| Reserved { ctx, link }))
+    Ok(registry.send(attach).await?.map(|live_after| Reserved {
+        ctx,
+        link,
+        live_after,
+    }))
 }
 
 /// Queue a message frame for this session. The sender has reserved the frame's bytes in
