@@ -3,12 +3,17 @@
 # Starts its own nats-server and herald pods (release build), runs herald-load scenarios and
 # appends every JSON result line to $OUT (default artifacts/perf/results.jsonl).
 #
-#   scripts/perf-run.sh [single|scale|broadcast100k|all]
+#   scripts/perf-run.sh [single|scale|broadcast100k|membound|all]
 #
-# single: one pod, 19,000 connections: idle memory, reconnect storm, broadcast, addressed.
+# single: one pod, 19,000 connections: idle memory, reconnect storm (with the kernel's
+#         listen queue overflows), broadcast, addressed.
 # scale:  addressed cost at 1k and 10k users on one pod and 100k users on six pods.
 # broadcast100k: a broadcast to 100,000 connections held by six pods (six loader
 #         processes, since one process may hold at most 20,000 open files).
+# membound: one standalone pod with --outbound-queue-bytes 65536, 2,000 clients that read
+#         one message per 100 ms, 4 KiB broadcasts posted to the HTTP API by wrk as fast as
+#         it can (apt-get install -y wrk): herald's RSS every second, 4008 closes, refused
+#         frames. HERALD=path/to/herald runs it against another build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-all}
@@ -28,24 +33,27 @@ cleanup() {
 trap cleanup EXIT
 
 cargo build --release --bin herald --bin herald-load
-HERALD=target/release/herald
+HERALD=${HERALD:-target/release/herald}
 LOAD=target/release/herald-load
 
 nats-server -a 127.0.0.1 -p "$NATS_PORT" >"$WORK/nats.log" 2>&1 &
 PIDS+=($!)
 NATS="nats://127.0.0.1:$NATS_PORT"
+BUS=(--nats-url "$NATS")
 
-# start_pods N: starts N fresh pods on BASE_PORT.., sets POD_PIDS and HUBS
+# start_pods N [herald args]: starts N fresh pods on BASE_PORT.., sets POD_PIDS and HUBS.
+# They use NATS unless BUS=() (standalone).
 start_pods() {
   POD_PIDS=(); HUBS=()
-  for i in $(seq 0 $(($1 - 1))); do
+  local n=$1; shift
+  for i in $(seq 0 $((n - 1))); do
     port=$((BASE_PORT + i))
-    HERALD_LOG=warn "$HERALD" serve --listen "127.0.0.1:$port" --nats-url "$NATS" \
+    HERALD_LOG=warn "$HERALD" serve --listen "127.0.0.1:$port" "${BUS[@]}" \
       --jwt-secret "$SECRET" --pod-name "perf-$i" --max-connections 20000 \
-      --max-sessions-per-user 16 >"$WORK/pod-$i.log" 2>&1 &
+      --max-sessions-per-user 16 "$@" >"$WORK/pod-$i.log" 2>&1 &
     POD_PIDS+=($!); PIDS+=($!); HUBS+=(--hub "127.0.0.1:$port")
   done
-  for i in $(seq 0 $(($1 - 1))); do
+  for i in $(seq 0 $((n - 1))); do
     for _ in $(seq 100); do
       curl -sf "http://127.0.0.1:$((BASE_PORT + i))/readyz" >/dev/null && break
       sleep 0.1
@@ -62,6 +70,19 @@ pid_args() { for p in "${POD_PIDS[@]}"; do printf -- '--herald-pid %s ' "$p"; do
 
 record() { tee -a "$WORK/last.txt" | tail -n 1 | tee -a "$OUT"; }
 
+# listen_counters: TcpExtListenOverflows and TcpExtListenDrops since boot, as "overflows
+# drops". They count for the whole network namespace (every listening socket).
+listen_counters() {
+  nstat -asz TcpExtListenOverflows TcpExtListenDrops | awk '
+    $1 == "TcpExtListenOverflows" {o = $2} $1 == "TcpExtListenDrops" {d = $2}
+    END {print o + 0, d + 0}'
+}
+
+# metric SERIES: its value on the first pod's /metrics (0 when absent).
+metric() {
+  curl -sf "http://127.0.0.1:$BASE_PORT/metrics" | awk -v m="$1" '$1 == m {v = $2} END {print v + 0}'
+}
+
 single() {
   echo "== one pod, 19,000 idle connections"
   start_pods 1
@@ -71,8 +92,16 @@ single() {
   stop_pods
   echo "== one pod, reconnect storm of 19,000"
   start_pods 1
+  ss -ltn "sport = :$BASE_PORT"
+  local before after
+  read -ra before <<<"$(listen_counters)"
   "$LOAD" "${HUBS[@]}" --nats-url "$NATS" --jwt-secret "$SECRET" --user-prefix storm \
     storm --connections 19000 | record
+  read -ra after <<<"$(listen_counters)"
+  local overflows=$((after[0] - before[0])) drops=$((after[1] - before[1]))
+  echo "   listen queue during the storm: $overflows overflows, $drops drops"
+  printf '{"scenario":"storm_listen","listen_overflows":%s,"listen_drops":%s}\n' \
+    "$overflows" "$drops" | tee -a "$OUT"
   stop_pods
   echo "== one pod, 19,000 connections, 100 broadcasts at 20/s"
   start_pods 1
@@ -139,11 +168,59 @@ broadcast100k() {
   stop_pods
 }
 
+membound() {
+  command -v wrk >/dev/null || { echo "membound needs wrk: apt-get install -y wrk" >&2; exit 2; }
+  echo "== standalone pod, --outbound-queue-bytes 65536, 2,000 slow readers, 4 KiB broadcasts"
+  local BUS=()
+  start_pods 1 --outbound-queue-bytes 65536
+  local pid=${POD_PIDS[0]}
+  # Each client reads one message per 100 ms: about 40 KiB/s of 4 KiB frames.
+  "$LOAD" "${HUBS[@]}" --jwt-secret "$SECRET" --herald-pid "$pid" --user-prefix slow \
+    --read-delay-ms 100 idle --connections 2000 --hold 45s >"$WORK/membound-load.txt" 2>&1 &
+  local loader=$!
+  for _ in $(seq 300); do
+    [ "$(metric herald_connections)" -ge 2000 ] && break
+    sleep 0.1
+  done
+  local body
+  body=$(printf '{"broadcast":true,"data":"%s"}' "$(head -c 4096 /dev/zero | tr '\0' x)")
+  printf 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = \x27%s\x27\n' \
+    "$body" >"$WORK/publish.lua"
+  wrk -t1 -c16 -d40s -s "$WORK/publish.lua" "http://127.0.0.1:$BASE_PORT/api/v1/publish" \
+    >"$WORK/wrk.txt" 2>&1 &
+  local wrk_pid=$! rss=() t
+  echo "   t_s herald_rss_kib connections closed_4008"
+  for t in $(seq 0 44); do
+    rss+=("$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)")
+    echo "   $t ${rss[-1]} $(metric herald_connections) $(metric 'herald_closes_total{code="4008"}')"
+    # For builds without the bound: stop publishing once RSS reaches RSS_CAP_KIB (4 GiB).
+    if [ "${rss[-1]}" -ge "${RSS_CAP_KIB:-4194304}" ]; then
+      echo "   RSS cap reached: publishing stopped"
+      kill "$wrk_pid" 2>/dev/null || true
+      break
+    fi
+    sleep 1
+  done
+  wait "$wrk_pid" || true
+  local published closes drops
+  published=$(metric 'herald_messages_in_total{source="broadcast"}')
+  closes=$(metric 'herald_closes_total{code="4008"}')
+  drops=$(metric herald_slow_consumer_drops_total)
+  echo "   broadcasts received: $published, closed with 4008: $closes, frames refused: $drops"
+  grep -E 'Requests/sec|requests in|Non-2xx' "$WORK/wrk.txt" | sed 's/^ */   wrk: /'
+  wait "$loader" || true
+  tail -n 1 "$WORK/membound-load.txt" | tee -a "$OUT"
+  printf '{"scenario":"membound","herald":"%s","broadcasts":%s,"closes_4008":%s,"slow_consumer_drops":%s,"rss_kib":[%s]}\n' \
+    "$HERALD" "$published" "$closes" "$drops" "$(IFS=,; echo "${rss[*]}")" | tee -a "$OUT"
+  stop_pods
+}
+
 case "$MODE" in
   single) single ;;
   scale) scale ;;
   broadcast100k) broadcast100k ;;
-  all) single; scale; broadcast100k ;;
-  *) echo "usage: $0 [single|scale|broadcast100k|all]" >&2; exit 2 ;;
+  membound) membound ;;
+  all) single; scale; broadcast100k; membound ;;
+  *) echo "usage: $0 [single|scale|broadcast100k|membound|all]" >&2; exit 2 ;;
 esac
 echo "results appended to $OUT"

@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
@@ -149,10 +149,17 @@ pub async fn open(
         .write_buffer_size(0);
     let (mut ws, _) =
         tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config)).await?;
+    let read_delay = Duration::from_millis(c.read_delay_ms);
     Ok(tokio::spawn(async move {
         while let Some(Ok(msg)) = ws.next().await {
             match msg {
-                Message::Text(t) => shared.on_text(i, t.as_str()),
+                Message::Text(t) => {
+                    shared.on_text(i, t.as_str());
+                    // A slow reader: the socket is not read meanwhile, so herald's queue grows.
+                    if !read_delay.is_zero() {
+                        tokio::time::sleep(read_delay).await;
+                    }
+                }
                 Message::Close(_) => break,
                 _ => {}
             }

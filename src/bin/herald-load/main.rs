@@ -4,7 +4,9 @@
 //! connection), `broadcast` (M broadcasts via NATS to N connections: deliveries/s and
 //! latency), `addressed` (R messages/s via NATS to random users: latency and loss) and
 //! `storm` (N clients connect at once: time until all are welcomed). Each run prints a
-//! human summary and one JSON line with every figure.
+//! human summary and one JSON line with every figure. `--read-delay-ms` turns every client
+//! into a slow reader (for herald's outbound bound: `idle` holds them while another tool
+//! publishes).
 //!
 //! One process can hold about 19,000 sockets (the open-file limit is 20,000): past that,
 //! run several loader processes (and several herald pods). Source addresses are spread
@@ -62,6 +64,9 @@ pub struct Common {
     /// Sessions per user: connection i belongs to user i / this (the user's tabs).
     #[arg(long, default_value_t = 1, global = true)]
     pub sessions_per_user: usize,
+    /// Slow consumers: each client sleeps this long after every message it reads (0 = none).
+    #[arg(long, default_value_t = 0, global = true)]
+    pub read_delay_ms: u64,
     /// Give up waiting for deliveries after this long.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration, global = true)]
     pub timeout: Duration,
