@@ -3,6 +3,8 @@
 // Orders sent to the user appear as rows and are acknowledged upstream with
 // publish("printed", {id}); broadcasts show in the banner. All text goes through
 // textContent, never innerHTML: message data is untrusted.
+// The client keeps the last cursor in localStorage, so a reload resumes with since= and a
+// durable hub replays the orders sent meanwhile; each order is printed once per page.
 import { HeraldClient } from './herald.js';
 
 const params = new URLSearchParams(location.search);
@@ -29,6 +31,9 @@ const client = new HeraldClient({ url: location.origin, user, token, device });
 
 // Acks that could not be sent (connection down) wait here until the next "open".
 const unacked = new Map(); // message id -> row
+// Every message id and cursor printed by this page: a message delivered again (a replay
+// overlapping what this page already got, a redelivery) must not print a second time.
+const seen = new Set();
 
 client.on('state', (state, info) => {
   badge.textContent = state;
@@ -42,6 +47,9 @@ client.on('state', (state, info) => {
 client.on('welcome', (w) => {
   document.getElementById('session').textContent = `· pod ${w.pod} · session ${w.session}`;
   note(`welcome from pod ${w.pod}`);
+  // Only a connect with since= says whether it could resume.
+  if (w.recovered === true) note(`resumed: ${w.replayed ?? 0} missed message(s) replayed`);
+  else if (w.recovered === false) note('could not resume: orders sent while away may be missing');
 });
 
 client.on('error', (e) => note(`error ${e.code}: ${e.message}`));
@@ -61,18 +69,21 @@ function showBanner(data) {
 }
 
 function addOrder(m) {
-  // A resumed session can deliver a message this page already shows; keep one row.
-  if ([...orders.children].some((row) => row.dataset.id === m.id)) return;
+  const keys = [`id:${m.id}`];
+  if (m.cursor) keys.push(`cursor:${m.cursor}`);
+  if (keys.some((k) => seen.has(k))) return;
+  for (const k of keys) seen.add(k);
   const data = m.data;
   const fields = data && typeof data === 'object' ? data : {};
 
   const row = el('li', 'order');
   row.dataset.testid = 'order';
   row.dataset.id = m.id;
+  if (m.cursor) row.dataset.cursor = m.cursor;
   row.dataset.printed = 'false';
 
   const title = el('div', 'order-title');
-  title.append(el('span', 'order-id', fields.id != null ? `#${fields.id}` : `#${m.id}`));
+  title.append(el('span', 'order-id', `#${orderNumber(fields) ?? m.id}`));
   if (fields.item != null) title.append(el('span', 'order-item', String(fields.item)));
   if (typeof fields.total === 'number') title.append(el('span', 'order-total', fields.total.toFixed(2)));
   else if (fields.total != null) title.append(el('span', 'order-total', String(fields.total)));
@@ -87,6 +98,16 @@ function addOrder(m) {
   count.textContent = String(orders.children.length);
   empty.hidden = true;
   ack(m.id, row);
+}
+
+// The order's own number from the payload: data.id, data.order or data.number, if one is a
+// plain string or number; otherwise the caller falls back to the message id.
+function orderNumber(fields) {
+  for (const name of ['id', 'order', 'number']) {
+    const v = fields[name];
+    if ((typeof v === 'string' && v !== '') || (typeof v === 'number' && Number.isFinite(v))) return String(v);
+  }
+  return undefined;
 }
 
 // Tell the services, through the hub, that this screen has the order.

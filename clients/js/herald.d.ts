@@ -11,8 +11,18 @@ export interface HeraldOptions {
   token?: string | (() => string | Promise<string>);
   /** Device id; a newer session with the same user and device replaces this one (close 4001). */
   device?: string;
-  /** Resume after this cursor on the first connect (e.g. one persisted by the application). */
+  /** Resume after this cursor on the first connect; takes precedence over a stored one. */
   cursor?: string;
+  /**
+   * Where the cursor of the last delivered user message is kept, so that a page reload or a
+   * browser restart resumes with `since=` (durable mode replays what was missed). Default:
+   * `globalThis.localStorage` when it is usable, else nothing. `false` (or `null`) keeps the
+   * cursor in memory only; any object with `getItem`/`setItem` (e.g. `sessionStorage`) is used
+   * instead. Every access is guarded: a throwing storage only means no stored cursor.
+   */
+  cursorStorage?: false | null | CursorStorage;
+  /** Storage key of the cursor. Default `herald.cursor.<user>`. */
+  cursorKey?: string;
   /** WebSocket constructor, for Node < 22 (e.g. the `ws` package) or tests. Default: globalThis.WebSocket. */
   WebSocket?: new (url: string) => WebSocketLike;
   /** Reconnect backoff: delay = random(0, min(maxMs, initialMs * 2^attempt)). Default {initialMs: 500, maxMs: 30000}. */
@@ -29,6 +39,12 @@ export interface HeraldOptions {
   clearTimeout?: (id: unknown) => void;
   /** Visibility source; null means always visible. Default globalThis.document. */
   document?: { visibilityState?: string } | null;
+}
+
+/** The part of the Web Storage API the client uses (localStorage and sessionStorage fit). */
+export interface CursorStorage {
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
 }
 
 export interface HeraldWelcome {
@@ -91,7 +107,11 @@ export class HeraldClient {
   constructor(options: HeraldOptions);
   readonly user: string;
   readonly device?: string;
-  /** Last message cursor; sent as since= on reconnect. */
+  /**
+   * Cursor of the last user message whose `message` handlers have run (broadcast and topic
+   * messages are not kept by the hub, so their cursors are not used); sent as since= on every
+   * (re)connect and saved to `cursorStorage`.
+   */
   cursor?: string;
   /** Session id from the latest welcome. */
   session?: string;

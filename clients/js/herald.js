@@ -20,10 +20,14 @@ export class HeraldClient {
     if (!options.user) throw new TypeError('HeraldClient: options.user is required');
     this.user = options.user;
     this.device = options.device;
-    /** Last message cursor seen; sent back as `since=` on reconnect (docs/protocol.md §5). */
-    this.cursor = options.cursor;
+    /** Cursor of the last user message the application was given; sent back as `since=` on
+     *  every (re)connect (docs/protocol.md §5). Kept in storage too, see _storage. */
+    this.cursor = options.cursor || undefined;
     /** Session id from the latest welcome frame. */
     this.session = undefined;
+    // Where the cursor outlives the page (reload, browser restart): localStorage by default.
+    this._storage = pickStorage(options.cursorStorage);
+    this._cursorKey = options.cursorKey || `herald.cursor.${options.user}`;
 
     this._base = options.url.replace(/\/+$/, '').replace(/^http/, 'ws'); // http->ws, https->wss
     this._tokenOption = options.token;
@@ -179,7 +183,8 @@ export class HeraldClient {
     const q = new URLSearchParams();
     if (token) q.set('token', token);
     if (this.device) q.set('device', this.device);
-    if (this.cursor) q.set('since', this.cursor);
+    const since = this._resumeCursor();
+    if (since) q.set('since', since);
     const qs = q.toString();
     return `${this._base}/websocket/${encodeURIComponent(this.user)}${qs ? `?${qs}` : ''}`;
   }
@@ -242,6 +247,28 @@ export class HeraldClient {
     for (const name of Object.keys(this._timers)) this._clearTimer(name);
   }
 
+  // ---- cursor ----
+  // Every storage access is guarded: localStorage throws when disabled (Safari private
+  // mode, blocked cookies), when full, or is missing (Node). Losing the stored cursor only
+  // costs a replay, so failures are ignored rather than reported.
+
+  /** The cursor to resume from: the one in memory, else the stored one (another tab of this
+   *  user may have stored it since the page loaded). */
+  _resumeCursor() {
+    if (!this.cursor && this._storage) {
+      let stored = null;
+      try { stored = this._storage.getItem(this._cursorKey); } catch { /* unreadable: none */ }
+      if (typeof stored === 'string' && stored) this.cursor = stored;
+    }
+    return this.cursor;
+  }
+
+  _saveCursor(cursor) {
+    this.cursor = cursor;
+    if (!this._storage) return;
+    try { this._storage.setItem(this._cursorKey, cursor); } catch { /* full or disabled */ }
+  }
+
   // ---- frames ----
 
   _onFrame(raw) {
@@ -256,8 +283,10 @@ export class HeraldClient {
         this._emit('welcome', frame);
         break;
       case 'message':
-        if (typeof frame.cursor === 'string' && frame.cursor) this.cursor = frame.cursor;
         this._emit('message', frame);
+        // Only once the handlers have run: a page that dies inside one (tab closed, crash)
+        // gets the message again on its next start rather than losing it.
+        if (resumable(frame)) this._saveCursor(frame.cursor);
         break;
       case 'subscribed': {
         const i = this._inflight.indexOf(frame.topic);
@@ -352,6 +381,31 @@ export class HeraldClient {
       }
     }
   }
+}
+
+/** Can this message's cursor be resumed from? Only user messages are kept in durable mode
+ *  (broadcast and topic ones are not), so only theirs mark a place in the user's stream. */
+function resumable(frame) {
+  return typeof frame.cursor === 'string' && frame.cursor !== ''
+    && frame.source !== 'broadcast' && frame.source !== 'topic';
+}
+
+/** options.cursorStorage: undefined or true = localStorage if usable, false/null = none,
+ *  else any object with getItem/setItem (sessionStorage, an in-memory fake, ...). */
+function pickStorage(option) {
+  if (option === false || option === null) return null;
+  if (option === undefined || option === true) {
+    try {
+      const ls = globalThis.localStorage; // the getter itself throws where storage is denied
+      return ls && typeof ls.getItem === 'function' && typeof ls.setItem === 'function' ? ls : null;
+    } catch {
+      return null;
+    }
+  }
+  if (typeof option?.getItem !== 'function' || typeof option?.setItem !== 'function') {
+    throw new TypeError('HeraldClient: options.cursorStorage must be false or have getItem and setItem');
+  }
+  return option;
 }
 
 function rejectAll(entry, err) {

@@ -4,19 +4,15 @@
 //
 // HERALD_BIN: path to the binary (relative paths resolve from the repo root),
 // default target/debug/herald. Standalone on loopback: no NATS, no token, no API key.
-import { describe, it, before, after } from 'node:test';
+import { describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createWriteStream, existsSync, mkdirSync, copyFileSync } from 'node:fs';
-import { setTimeout as delay } from 'node:timers/promises';
-import net from 'node:net';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import {
+  ROOT, ARTIFACTS, HERALD_BIN as BIN, stepper, freePort, launchChromium, spawnLogged,
+  stopProcess, waitFor200, publish as publishTo,
+} from './harness.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
-const BIN = path.resolve(ROOT, process.env.HERALD_BIN || 'target/debug/herald');
-const ARTIFACTS = path.join(ROOT, 'artifacts');
 const SCREENSHOT = path.join(ARTIFACTS, 'demo.png');
 const HERALD_LOG = path.join(ARTIFACTS, 'herald-e2e.log');
 const USER = 'merchant1';
@@ -33,15 +29,7 @@ let browser;
 let page;
 let log;
 const pageErrors = [];
-let broken = false; // steps depend on each other: after a failure, skip the rest quickly
-
-// A sequential step that is skipped once an earlier one failed.
-function step(name, fn) {
-  it(name, async (t) => {
-    if (broken) return t.skip('an earlier step failed');
-    try { await fn(); } catch (err) { broken = true; throw err; }
-  });
-}
+const step = stepper(); // a sequential step, skipped once an earlier one failed
 
 describe('demo console against a real herald', { timeout: 240_000 }, () => {
   before(async () => {
@@ -51,12 +39,7 @@ describe('demo console against a real herald', { timeout: 240_000 }, () => {
     port = await freePort();
     base = `http://127.0.0.1:${port}`;
     herald = await startHerald();
-    browser = await chromium.launch({
-      executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-      timeout: 30_000,
-    });
+    browser = await launchChromium();
     page = await browser.newPage({ viewport: { width: 1000, height: 720 } });
     page.setDefaultTimeout(UI_TIMEOUT);
     page.on('pageerror', (err) => pageErrors.push(err.message));
@@ -118,64 +101,17 @@ describe('demo console against a real herald', { timeout: 240_000 }, () => {
 
 // ---- helpers ----
 
-async function freePort() {
-  const srv = net.createServer();
-  await new Promise((resolve, reject) => srv.once('error', reject).listen(0, '127.0.0.1', resolve));
-  const { port: p } = srv.address();
-  await new Promise((resolve) => srv.close(resolve));
-  return p;
-}
-
 async function startHerald() {
-  log.write(`\n=== start ${BIN} serve --listen 127.0.0.1:${port}\n`);
-  const proc = spawn(BIN, ['serve', '--listen', `127.0.0.1:${port}`], {
-    // A short drain keeps the restart step quick; the flag's default is 20 s.
-    env: { HERALD_DRAIN_TIMEOUT: '1s', ...process.env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  proc.stdout.pipe(log, { end: false });
-  proc.stderr.pipe(log, { end: false });
-  proc.exited = new Promise((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
-  const deadline = Date.now() + READY_TIMEOUT;
-  for (;;) {
-    if (proc.exitCode !== null || proc.signalCode !== null) {
-      throw new Error(`herald exited before it was ready (code ${proc.exitCode}); see ${HERALD_LOG}`);
-    }
-    try {
-      const res = await fetch(`${base}/readyz`, { signal: AbortSignal.timeout(1000) });
-      if (res.status === 200) return proc;
-    } catch { /* not listening yet */ }
-    if (Date.now() > deadline) {
-      proc.kill('SIGKILL');
-      throw new Error(`GET /readyz was not 200 within ${READY_TIMEOUT} ms; see ${HERALD_LOG}`);
-    }
-    await delay(100); // poll interval
-  }
+  // A short drain keeps the restart step quick; the flag's default is 20 s.
+  const proc = spawnLogged(BIN, ['serve', '--listen', `127.0.0.1:${port}`], { log, env: { HERALD_DRAIN_TIMEOUT: '1s' } });
+  await waitFor200(`${base}/readyz`, { proc, timeoutMs: READY_TIMEOUT, logFile: HERALD_LOG, name: 'herald' });
+  return proc;
 }
 
-async function stopHerald(proc) {
-  if (proc.exitCode !== null || proc.signalCode !== null) return;
-  proc.kill('SIGTERM');
-  const result = await Promise.race([proc.exited, delay(STOP_TIMEOUT).then(() => null)]);
-  if (!result) {
-    proc.kill('SIGKILL');
-    await proc.exited;
-    throw new Error(`herald did not exit within ${STOP_TIMEOUT} ms of SIGTERM`);
-  }
-}
+const stopHerald = (proc) => stopProcess(proc, STOP_TIMEOUT, 'herald');
 
 async function publish(body) {
-  const res = await fetch(`${base}/api/v1/publish`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify(body),
-    signal: AbortSignal.timeout(5000),
-  });
-  const text = await res.text();
-  assert.equal(res.status, 202, `POST /api/v1/publish: ${res.status} ${text}`);
-  const { id } = JSON.parse(text);
-  assert.equal(typeof id, 'string', `publish reply carries an id: ${text}`);
-  return id;
+  return (await publishTo(base, body)).id;
 }
 
 async function printedRow(orderId) {

@@ -130,9 +130,9 @@ test('on() returns a function that removes the listener', async () => {
   t.client.connect();
   await flush();
   t.ws.last().open();
-  t.ws.last().receive({ type: 'message', id: 'm1', cursor: 'c1', source: 'broadcast', data: 'hi' });
+  t.ws.last().receive({ type: 'message', id: 'm1', cursor: 'c1', source: 'user', data: 'hi' });
   off();
-  t.ws.last().receive({ type: 'message', id: 'm2', cursor: 'c2', source: 'broadcast', data: 'hi' });
+  t.ws.last().receive({ type: 'message', id: 'm2', cursor: 'c2', source: 'user', data: 'hi' });
   assert.deepEqual(seen, ['m1']);
   assert.equal(t.client.cursor, 'c2', 'cursor still tracked without listeners');
 });

@@ -55,12 +55,40 @@ export function fakeClock() {
   };
 }
 
+/**
+ * An in-memory Web Storage stand-in. `fail` makes getItem/setItem throw (as a disabled or
+ * full localStorage does); `log` records every call as [method, key, value?].
+ */
+export function memoryStorage(entries = {}) {
+  const map = new Map(Object.entries(entries));
+  const storage = {
+    fail: false,
+    log: [],
+    getItem(key) {
+      storage.log.push(['getItem', key]);
+      if (storage.fail) throw new Error('SecurityError: storage is disabled');
+      return map.has(key) ? map.get(key) : null;
+    },
+    setItem(key, value) {
+      storage.log.push(['setItem', key, value]);
+      if (storage.fail) throw new Error('QuotaExceededError: storage is full');
+      map.set(key, String(value));
+    },
+    removeItem(key) { map.delete(key); },
+    /** Direct look at the contents, not logged and never throwing. */
+    peek(key) { return map.has(key) ? map.get(key) : null; },
+  };
+  return storage;
+}
+
 /** Let pending promise callbacks (e.g. an awaited token) run; not a time-based sleep. */
 export const flush = () => new Promise((resolve) => setImmediate(resolve));
 
 /**
  * A client wired to a fake WebSocket and a fake clock, recording `state` and `error`
- * events. `options` override the defaults (e.g. `random`).
+ * events. `options` override the defaults (e.g. `random`). No cursor storage unless the
+ * test passes `cursorStorage` (a global localStorage, as in newer Node, must not leak
+ * cursors from one test into the next); `cursorStorage: undefined` selects the default.
  */
 export function setupClient(HeraldClient, options = {}) {
   const ws = fakeWebSocket();
@@ -73,6 +101,7 @@ export function setupClient(HeraldClient, options = {}) {
     clearTimeout: clock.clearTimeout,
     random: () => 0.5,
     document: null,
+    cursorStorage: false,
     ...options,
   });
   const states = [];
