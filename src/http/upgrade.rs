@@ -154,6 +154,12 @@ async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refusal> {
         Ok(Err(r)) => return Err(refusal(state, r.status(), r.reason())),
         Err(_) => return Err(refusal(state, 503, "hub is shutting down")),
     };
+    if state.durable.is_some() && reserved.live_after.is_none() {
+        // The user's feed could not read the stream: a welcome would promise delivery
+        // that cannot start.
+        state.registry.do_send(Detach { id, reason: "gone" });
+        return Err(refusal(state, 503, "message store unavailable"));
+    }
     let replay = match (&since, &state.durable) {
         (Some(since), Some(durable)) => match reserved.live_after {
             Some(live_after) => recover(durable, &identity, since, live_after).await,

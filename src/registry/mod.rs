@@ -33,6 +33,9 @@ const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Pings are sent in this many slices per heartbeat, so they are spread over the interval
 /// instead of leaving in one burst.
 const PING_SLICES: u32 = 100;
+/// Durable mode: longest wait at attach for the user's feed to learn where the stream
+/// stands; past it the handshake is refused with 503.
+const DURABLE_ATTACH_WAIT: Duration = Duration::from_secs(5);
 /// Drain closes sessions in slices this often.
 const DRAIN_TICK: Duration = Duration::from_millis(50);
 
@@ -348,9 +351,19 @@ impl Handler<Attach> for Registry {
         if first {
             subscriber.do_send(Interest::Add(subject.clone()));
         }
+        let durable = self.deps.durable;
         Box::pin(async move {
-            // If the bus is down the interest comes back with it; the session may wait.
-            let baseline = subscriber.send(AwaitInterest(subject)).await.ok().flatten();
+            // If the bus is down the interest comes back with it; the session may wait. In
+            // durable mode the wait includes reading the stream, which may be down: bounded.
+            let ask = subscriber.send(AwaitInterest(subject));
+            let baseline = if durable {
+                tokio::time::timeout(DURABLE_ATTACH_WAIT, ask)
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok().flatten())
+            } else {
+                ask.await.ok().flatten()
+            };
             // A message fanned out before this session was indexed is newer than the
             // feed's baseline; without one, everything after the baseline reaches it.
             Ok(known.or(baseline))
