@@ -63,7 +63,8 @@ echo "release: $RELEASE_NATS: $("$RELEASE_NATS" --version)"
 
 echo "== cargo test: the NATS test targets again, against nats-server $NATS_RELEASE"
 HERALD_TEST_NATS_SERVER=$RELEASE_NATS cargo test \
-  --test bus_conformance --test cluster --test load --test pod_discovery --test topics
+  --test bus_conformance --test cluster --test durable --test durable_cluster --test load \
+  --test pod_discovery --test topics
 
 echo "== benches run (smoke: each benchmark once, small sizes)"
 FANOUT_SIZES=100,1000 cargo test --benches

@@ -38,6 +38,8 @@ const API_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum DurableError {
     #[error("JetStream is not available on the NATS server ({0}); start nats-server with -js, or run without --durable")]
     Unavailable(String),
+    #[error("JetStream refused the durable stream {0}'s configuration: {1}")]
+    Refused(String, String),
     #[error("JetStream request failed: {0}")]
     Request(String),
     #[error("the durable stream {0} does not exist (deleted?)")]
@@ -152,7 +154,8 @@ impl Durable {
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
             discard: stream::DiscardPolicy::Old,
-            duplicate_window: DUPLICATE_WINDOW,
+            // JetStream refuses a de-duplication window longer than the retention.
+            duplicate_window: DUPLICATE_WINDOW.min(self.config.retention),
             republish: Some(stream::Republish {
                 source: self.subjects.user_any(),
                 destination: self.subjects.live_user_any(),
@@ -171,7 +174,10 @@ impl Durable {
                 let info = s.info().await.map_err(request)?.clone();
                 if differs(&info.config, &wanted) {
                     tracing::info!(stream = %self.stream, "updating the durable stream's configuration");
-                    self.js.update_stream(wanted).await.map_err(request)?
+                    self.js
+                        .update_stream(wanted)
+                        .await
+                        .map_err(|e| DurableError::Refused(self.stream.clone(), e.to_string()))?
                 } else {
                     info
                 }
@@ -186,13 +192,27 @@ impl Durable {
                     let mut s = self.js.get_stream(&self.stream).await.map_err(request)?;
                     s.info().await.map_err(request)?.clone()
                 }
-                Err(e) => return Err(unavailable_or(e)),
+                Err(e) => return Err(self.create_failed(e)),
             },
             Err(e) => return Err(unavailable_or(e)),
         };
         let epoch = epoch_of(&info);
         let before = self.epoch.swap(epoch, Ordering::AcqRel);
         Ok(before != 0 && before != epoch)
+    }
+
+    /// A create that failed: JetStream missing, or the server refusing the settings.
+    fn create_failed(&self, e: jetstream::context::CreateStreamError) -> DurableError {
+        match e.kind() {
+            jetstream::context::CreateStreamErrorKind::JetStream(j)
+                if j.error_code() != jetstream::ErrorCode::JETSTREAM_NOT_ENABLED
+                    && j.error_code()
+                        != jetstream::ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT =>
+            {
+                DurableError::Refused(self.stream.clone(), e.to_string())
+            }
+            _ => unavailable_or(e),
+        }
     }
 
     /// The stream's epoch as the server sees it now, without creating anything.
@@ -204,7 +224,8 @@ impl Durable {
         }
     }
 
-    async fn state(&self) -> Result<stream::State, DurableError> {
+    /// The stream's epoch and state as the server sees them now.
+    async fn state(&self) -> Result<(u64, stream::State), DurableError> {
         let mut s = self.js.get_stream(&self.stream).await.map_err(|e| {
             if is_not_found(&e) {
                 DurableError::NoStream(self.stream.clone())
@@ -212,7 +233,8 @@ impl Durable {
                 request(e)
             }
         })?;
-        Ok(s.info().await.map_err(request)?.state.clone())
+        let info = s.info().await.map_err(request)?;
+        Ok((epoch_of(info), info.state.clone()))
     }
 
     /// The sequence of the user's newest kept message (0 when there is none).
@@ -241,10 +263,12 @@ impl Durable {
         let Some(c) = Cursor::parse(cursor) else {
             return Ok(Err(CursorRefusal::Garbage));
         };
-        if c.epoch != self.epoch() {
+        // Checked against the stream as it is now, not the epoch this pod last saw: a
+        // stream re-created a moment ago must not take an old cursor.
+        let (epoch, state) = self.state().await?;
+        if c.epoch != epoch || c.epoch != self.epoch() {
             return Ok(Err(CursorRefusal::ForeignEpoch));
         }
-        let state = self.state().await?;
         if c.seq > state.last_sequence {
             return Ok(Err(CursorRefusal::Ahead));
         }
@@ -258,7 +282,7 @@ impl Durable {
 
     /// The oldest kept sequence minus one: where a read "from the beginning" starts.
     pub async fn before_oldest(&self) -> Result<u64, DurableError> {
-        Ok(self.state().await?.first_sequence.saturating_sub(1))
+        Ok(self.state().await?.1.first_sequence.saturating_sub(1))
     }
 
     /// The user's kept messages after `after` (up to `upto` when given) for `audience`,

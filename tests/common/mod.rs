@@ -546,3 +546,385 @@ impl Drop for Nats {
         self.kill();
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// JetStream (durable mode): a single node with JetStream, a JetStream cluster, and
+// connection helpers that never panic (for clients that reconnect through pod restarts).
+
+impl Nats {
+    /// A single nats-server with JetStream enabled (`-js`, file store inside its own temp
+    /// dir) and no cluster, ready to take JetStream API requests.
+    pub async fn start_js() -> Nats {
+        let port = free_port();
+        let monitor_port = free_port();
+        let dir = TempDir::new("nats-js");
+        let store = dir.0.join("js");
+        let args = vec![
+            "-a".to_string(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-m".into(),
+            monitor_port.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            store.to_string_lossy().into_owned(),
+        ];
+        let nats = Self::launch(port, monitor_port, 0, args, dir);
+        nats.wait_up().await;
+        nats.wait_js(1).await;
+        nats
+    }
+
+    /// Spawn nats-server with exactly these arguments; does not wait.
+    fn launch(
+        port: u16,
+        monitor_port: u16,
+        cluster_port: u16,
+        args: Vec<String>,
+        dir: TempDir,
+    ) -> Nats {
+        let bin = nats_server_bin();
+        let child = Command::new(&bin)
+            .args(&args)
+            .current_dir(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{bin} does not start ({e}): install the nats-server package")
+            });
+        Nats {
+            child,
+            port,
+            monitor_port,
+            cluster_port,
+            _dir: dir,
+        }
+    }
+
+    /// The monitor's `/jsz` document (`Null` while it does not answer).
+    pub async fn jsz(&self) -> Value {
+        match reqwest::get(format!("http://127.0.0.1:{}/jsz", self.monitor_port)).await {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
+    }
+
+    /// Wait until JetStream answers on this node: enabled, and (in a cluster of `size`)
+    /// a meta leader known to it, with the cluster's full size.
+    pub async fn wait_js(&self, size: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT * 2;
+        loop {
+            let jsz = self.jsz().await;
+            let enabled = jsz["config"].is_object();
+            let ready = enabled
+                && (size <= 1 || {
+                    let meta = &jsz["meta_cluster"];
+                    meta["leader"].as_str().is_some_and(|l| !l.is_empty())
+                        && meta["cluster_size"].as_u64() == Some(size as u64)
+                });
+            let healthy = ready
+                && reqwest::get(format!("http://127.0.0.1:{}/healthz", self.monitor_port))
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+            if healthy {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "JetStream never became ready on port {}: {jsz}",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A test client connected to this node.
+    pub async fn client(&self) -> async_nats::Client {
+        tokio::time::timeout(WAIT, async_nats::connect(self.url()))
+            .await
+            .expect("NATS connect in time")
+            .expect("test NATS client")
+    }
+
+    /// A JetStream context on a test client of this node.
+    pub async fn js(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(self.client().await)
+    }
+}
+
+/// A JetStream cluster of nats-server nodes on loopback (`--server_name nX`, one store dir
+/// each, full mesh of routes), ready when every node sees a meta leader and all peers.
+pub struct NatsCluster {
+    pub nodes: Vec<Nats>,
+}
+
+impl NatsCluster {
+    pub async fn start(size: usize) -> NatsCluster {
+        let ports: Vec<(u16, u16, u16)> = (0..size)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, &(port, monitor_port, cluster_port)) in ports.iter().enumerate() {
+            let dir = TempDir::new(&format!("nats-js-n{}", i + 1));
+            let store = dir.0.join("js");
+            let routes: Vec<String> = ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| format!("nats://127.0.0.1:{}", p.2))
+                .collect();
+            let args = vec![
+                "-a".to_string(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+                "-m".into(),
+                monitor_port.to_string(),
+                "--server_name".into(),
+                format!("n{}", i + 1),
+                "-js".into(),
+                "-sd".into(),
+                store.to_string_lossy().into_owned(),
+                "--cluster_name".into(),
+                "herald-js".into(),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{cluster_port}"),
+                "--routes".into(),
+                routes.join(","),
+            ];
+            // All nodes are spawned before any is awaited: JetStream needs a quorum.
+            nodes.push(Nats::launch(port, monitor_port, cluster_port, args, dir));
+        }
+        for n in &nodes {
+            n.wait_up().await;
+        }
+        let cluster = NatsCluster { nodes };
+        cluster.wait_meta().await;
+        cluster
+    }
+
+    /// Wait until every node is ready and agrees on one meta leader, which sees all its
+    /// peers current.
+    pub async fn wait_meta(&self) {
+        let size = self.nodes.len();
+        for n in &self.nodes {
+            n.wait_js(size).await;
+        }
+        let deadline = tokio::time::Instant::now() + WAIT * 2;
+        loop {
+            let mut leaders = Vec::new();
+            let mut leader_view = Value::Null;
+            for (i, n) in self.nodes.iter().enumerate() {
+                let meta = n.jsz().await["meta_cluster"].clone();
+                let leader = meta["leader"].as_str().unwrap_or_default().to_string();
+                if leader == format!("n{}", i + 1) {
+                    leader_view = meta;
+                }
+                leaders.push(leader);
+            }
+            let agreed = !leaders[0].is_empty() && leaders.iter().all(|l| *l == leaders[0]);
+            let replicas = leader_view["replicas"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if agreed && replicas.len() == size - 1 && replicas.iter().all(|r| r["current"] == true)
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "JetStream cluster never settled: leaders {leaders:?}, leader's view {leader_view}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every node's client URL, comma-separated, starting with node `first`.
+    pub fn urls_from(&self, first: usize) -> String {
+        let n = self.nodes.len();
+        (0..n)
+            .map(|k| self.nodes[(first + k) % n].url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Open a WebSocket and read its welcome, never panicking: `Err` says why not (an HTTP
+/// refusal, a refused TCP connection, a socket closed before the welcome, a timeout).
+/// For clients that reconnect while pods restart.
+pub async fn try_open(url: &str) -> Result<(Ws, Value), String> {
+    let req = url.into_client_request().map_err(|e| e.to_string())?;
+    let (mut ws, _) = match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req)).await
+    {
+        Err(_) => return Err("handshake timed out".into()),
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+            return Err(format!("refused with {}", resp.status()))
+        }
+        Ok(Err(e)) => return Err(format!("handshake failed: {e}")),
+        Ok(Ok(ws)) => ws,
+    };
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Err(_) => return Err("no welcome in time".into()),
+            Ok(None) => return Err("closed before the welcome".into()),
+            Ok(Some(Err(e))) => return Err(format!("error before the welcome: {e}")),
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: Value = serde_json::from_str(t.as_str()).map_err(|e| e.to_string())?;
+                if v["type"] != "welcome" {
+                    return Err(format!("first frame is not a welcome: {v}"));
+                }
+                return Ok((ws, v));
+            }
+            Ok(Some(Ok(Message::Close(c)))) => {
+                return Err(format!("closed before the welcome: {c:?}"))
+            }
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+/// What reading a session yielded next, for clients that must survive closes.
+#[derive(Debug)]
+pub enum WsEvent {
+    Frame(Value),
+    /// A close frame with this code.
+    Closed(u16),
+    /// The connection ended without a close frame (reset, EOF, error).
+    Gone(String),
+    /// Nothing within the wait.
+    Quiet,
+}
+
+/// The next text frame, close, or end of the connection, waiting at most `within`.
+pub async fn next_event(ws: &mut Ws, within: Duration) -> WsEvent {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return WsEvent::Quiet,
+            Ok(None) => return WsEvent::Gone("stream ended".into()),
+            Ok(Some(Err(e))) => return WsEvent::Gone(e.to_string()),
+            Ok(Some(Ok(Message::Text(t)))) => {
+                return WsEvent::Frame(serde_json::from_str(t.as_str()).expect("JSON frame"))
+            }
+            Ok(Some(Ok(Message::Close(Some(f))))) => return WsEvent::Closed(u16::from(f.code)),
+            Ok(Some(Ok(Message::Close(None)))) => {
+                return WsEvent::Closed(u16::from(CloseCode::Status))
+            }
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+/// A JetStream publish of `payload` with `Nats-Msg-Id: id`, retried with the same id (so
+/// the stream keeps one copy) until it is acknowledged or `within` passes. Returns the
+/// stored sequence and how many attempts failed.
+pub async fn js_publish_retry(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    id: &str,
+    payload: String,
+    within: Duration,
+) -> (u64, u32) {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut failed = 0;
+    loop {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id);
+        let attempt = async {
+            js.publish_with_headers(subject.to_string(), headers, payload.clone().into())
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let error = match tokio::time::timeout(WAIT, attempt).await {
+            Ok(Ok(ack)) => return (ack.sequence, failed),
+            Ok(Err(e)) => e,
+            Err(_) => "no answer".to_string(),
+        };
+        failed += 1;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "JetStream publish of {id} never acknowledged; last error: {error}"
+        );
+        // Back off before the retry (the stream may be electing a leader).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A durable cursor's parts, `<epoch hex>-<sequence>`; panics on anything else.
+pub fn cursor_parts(cursor: &str) -> (u64, u64) {
+    let (epoch, seq) = cursor
+        .split_once('-')
+        .unwrap_or_else(|| panic!("not a cursor: {cursor:?}"));
+    let epoch =
+        u64::from_str_radix(epoch, 16).unwrap_or_else(|_| panic!("cursor epoch: {cursor:?}"));
+    let seq = seq
+        .parse()
+        .unwrap_or_else(|_| panic!("cursor sequence: {cursor:?}"));
+    (epoch, seq)
+}
+
+/// A TCP forwarder on a loopback port to `target`, which a test can cut (every connection
+/// closed, the port refusing) and open again on the same port: a network partition between
+/// a pod and its NATS server without stopping either.
+pub struct TcpProxy {
+    pub port: u16,
+    target: u16,
+    accept: Option<tokio::task::JoinHandle<()>>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: u16) -> TcpProxy {
+        let mut proxy = TcpProxy {
+            port: free_port(),
+            target,
+            accept: None,
+            conns: Default::default(),
+        };
+        proxy.open().await;
+        proxy
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Listen (again) and forward every new connection.
+    pub async fn open(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("proxy port");
+        let target = self.target;
+        let conns = self.conns.clone();
+        self.accept = Some(tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns.lock().unwrap().push(conn);
+            }
+        }));
+    }
+
+    /// Close every forwarded connection and stop listening.
+    pub fn cut(&mut self) {
+        if let Some(accept) = self.accept.take() {
+            accept.abort();
+        }
+        for conn in self.conns.lock().unwrap().drain(..) {
+            conn.abort();
+        }
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
