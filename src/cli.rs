@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use bytes::Bytes;
 use herald_proto::Subjects;
 
-use crate::auth::{now_secs, sign, Claims};
+use crate::auth::{now_secs, sign_with, Claims, SignOptions};
 use crate::bus::nats::NatsBus;
 use crate::bus::Bus;
 use crate::config::{PublishArgs, TokenArgs};
@@ -24,13 +24,33 @@ pub fn token(args: TokenArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let secret = match crate::config::secret_from(
+        args.jwt_secret,
+        args.jwt_secret_file.as_deref(),
+        "--jwt-secret",
+        "--jwt-secret-file",
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("herald token: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let now = now_secs();
     let claims = Claims {
         sub: args.user,
-        exp: now_secs() + args.ttl.as_secs(),
+        exp: now + args.ttl.as_secs(),
         device: args.device,
         topics: (!args.topics.is_empty()).then_some(args.topics),
     };
-    match sign(&claims, args.jwt_secret.as_deref(), pem.as_deref()) {
+    let options = SignOptions {
+        kid: args.kid.as_deref(),
+        audience: args.audience.as_deref(),
+        issuer: args.issuer.as_deref(),
+        not_before: args.not_before.map(|d| now + d.as_secs()),
+    };
+    let secret = secret.as_ref().map(|s| s.expose());
+    match sign_with(&claims, &options, secret, pem.as_deref()) {
         Ok(t) => {
             println!("{t}");
             ExitCode::SUCCESS
@@ -85,7 +105,13 @@ async fn publish_async(args: PublishArgs) -> Result<(String, Option<String>), St
         device: args.device,
     };
     if let Some(base) = args.http {
-        return publish_http(&base, args.api_key.as_deref(), &body).await;
+        let api_key = crate::config::secret_from(
+            args.api_key,
+            args.api_key_file.as_deref(),
+            "--api-key",
+            "--api-key-file",
+        )?;
+        return publish_http(&base, api_key.as_ref().map(|k| k.expose()), &body).await;
     }
     if args.nats_url.is_empty() {
         return Err("give --nats-url (HERALD_NATS_URL) or --http URL".into());

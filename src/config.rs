@@ -5,7 +5,7 @@
 //! Durations take human forms (`500ms`, `25s`, `2m`).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -40,6 +40,57 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 25s, 2m)"))
 }
 
+/// A secret setting (JWT secret, API key): its `Debug` prints `[redacted]`, so no derived
+/// `Debug` of the arguments or the configuration shows it, and it has no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret(s)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A secret given either as `flag` or in the file of `file_flag` (Kubernetes Secret
+/// volumes), not both. Trailing line breaks of the file are dropped; an empty file is an
+/// error. Messages name the flags and the path, never the content.
+pub fn secret_from(
+    value: Option<Secret>,
+    file: Option<&Path>,
+    flag: &str,
+    file_flag: &str,
+) -> Result<Option<Secret>, String> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(format!(
+            "{flag} and {file_flag} are both set; configure one"
+        )),
+        (value, None) => Ok(value),
+        (None, Some(path)) => {
+            let bytes =
+                std::fs::read(path).map_err(|e| format!("{file_flag} {}: {e}", path.display()))?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| format!("{file_flag} {}: not UTF-8 text", path.display()))?;
+            let secret = text.trim_end_matches(['\n', '\r']);
+            if secret.is_empty() {
+                return Err(format!("{file_flag} {}: the file is empty", path.display()));
+            }
+            Ok(Some(Secret(secret.to_string())))
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address:port to serve on.
@@ -53,13 +104,28 @@ pub struct ServeArgs {
     pub subject_prefix: String,
     /// HS256 secret.
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
+    /// File holding the HS256 secret (trailing line breaks dropped).
+    #[arg(long, env = "HERALD_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
     /// Path to a PEM public key (RS256/ES256).
     #[arg(long, env = "HERALD_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
+    /// URL of a JWKS document (RS256/ES256 keys chosen by the token's kid).
+    #[arg(long, env = "HERALD_JWT_JWKS_URL", hide_env_values = true)]
+    pub jwt_jwks_url: Option<String>,
+    /// Required `aud` claim [default: not checked].
+    #[arg(long, env = "HERALD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Required `iss` claim [default: not checked].
+    #[arg(long, env = "HERALD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
     /// Key for /api/v1/*; unset = API refused unless herald is bound to loopback.
     #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
+    /// File holding the API key (trailing line breaks dropped).
+    #[arg(long, env = "HERALD_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
     /// Name of this pod [default: host name].
     #[arg(long, env = "HERALD_POD_NAME")]
     pub pod_name: Option<String>,
@@ -128,10 +194,25 @@ pub struct TokenArgs {
     pub topics: Vec<String>,
     /// HS256 secret.
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
+    /// File holding the HS256 secret (trailing line breaks dropped).
+    #[arg(long, env = "HERALD_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
     /// PEM private key (RS256/ES256) to sign with instead of the secret.
     #[arg(long, env = "HERALD_JWT_PRIVATE_KEY")]
     pub jwt_private_key: Option<PathBuf>,
+    /// Header `kid` (to pick a key out of a JWKS).
+    #[arg(long)]
+    pub kid: Option<String>,
+    /// `aud` claim.
+    #[arg(long)]
+    pub audience: Option<String>,
+    /// `iss` claim.
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// Valid only from this long after now (sets `nbf`).
+    #[arg(long, value_parser = duration)]
+    pub not_before: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -163,7 +244,10 @@ pub struct PublishArgs {
     #[arg(long, env = "HERALD_SUBJECT_PREFIX", default_value = "herald")]
     pub subject_prefix: String,
     #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
+    /// File holding the API key (trailing line breaks dropped).
+    #[arg(long, env = "HERALD_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
     /// The payload: JSON is delivered as is, other text as a JSON string.
     pub data: String,
 }
@@ -198,8 +282,9 @@ pub struct DurableConfig {
     pub replicas: usize,
 }
 
-/// Validated configuration of `herald serve`.
-#[derive(Debug, Clone)]
+/// Validated configuration of `herald serve`. Its `Debug` leaves the API key out (the JWT
+/// key's `Debug` never shows key material).
+#[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub nats_urls: Vec<String>,
@@ -215,6 +300,32 @@ pub struct Config {
     pub allowed_origins: crate::origin::AllowedOrigins,
     pub listen_backlog: u32,
     pub log_format: LogFormat,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // NATS URLs may carry a user and password or a token: shown without them.
+        let nats_urls: Vec<String> = self
+            .nats_urls
+            .iter()
+            .map(|u| crate::auth::jwks::redact_url(u))
+            .collect();
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("nats_urls", &nats_urls)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("auth", &self.auth)
+            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
+            .field("pod_name", &self.pod_name)
+            .field("session", &self.session)
+            .field("registry", &self.registry)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("durable", &self.durable)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("listen_backlog", &self.listen_backlog)
+            .field("log_format", &self.log_format)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
@@ -237,23 +348,49 @@ impl Config {
                 args.subject_prefix
             ));
         }
-        let auth = match crate::auth::AuthConfig::load(
-            args.jwt_secret.as_deref(),
-            args.jwt_public_key.as_deref(),
-        ) {
-            Ok(a) => a,
-            Err(e) => {
-                problems.push(e.to_string());
-                crate::auth::AuthConfig::Unsigned
-            }
+        let key_problems = problems.len();
+        let jwt_secret = secret_from(
+            args.jwt_secret.clone(),
+            args.jwt_secret_file.as_deref(),
+            "--jwt-secret",
+            "--jwt-secret-file",
+        )
+        .unwrap_or_else(|p| {
+            problems.push(p);
+            None
+        });
+        let settings = crate::auth::JwtSettings {
+            secret: jwt_secret.as_ref().map(Secret::expose),
+            public_key: args.jwt_public_key.as_deref(),
+            jwks_url: args.jwt_jwks_url.as_deref(),
+            audience: args.jwt_audience.as_deref(),
+            issuer: args.jwt_issuer.as_deref(),
         };
-        if matches!(auth, crate::auth::AuthConfig::Unsigned) && !args.listen.ip().is_loopback() {
+        let auth = crate::auth::AuthConfig::load(&settings).unwrap_or_else(|e| {
+            problems.push(e.to_string());
+            crate::auth::AuthConfig::Unsigned
+        });
+        if matches!(auth, crate::auth::AuthConfig::Unsigned)
+            && problems.len() == key_problems
+            && !args.listen.ip().is_loopback()
+        {
             problems.push(format!(
-                "no JWT key configured (--jwt-secret or --jwt-public-key) while listening on {}: \
-                 unsigned connections are only allowed on a loopback address",
+                "no JWT key configured (--jwt-secret, --jwt-secret-file, --jwt-public-key or \
+                 --jwt-jwks-url) while listening on {}: unsigned connections are only allowed \
+                 on a loopback address",
                 args.listen
             ));
         }
+        let api_key = secret_from(
+            args.api_key.clone(),
+            args.api_key_file.as_deref(),
+            "--api-key",
+            "--api-key-file",
+        )
+        .unwrap_or_else(|p| {
+            problems.push(p);
+            None
+        });
         if args.heartbeat.is_zero() {
             problems.push("--heartbeat must be above zero".into());
         }
@@ -324,7 +461,9 @@ impl Config {
             nats_urls,
             subject_prefix: args.subject_prefix,
             auth,
-            api_key: args.api_key.filter(|k| !k.is_empty()),
+            api_key: api_key
+                .map(|k| k.expose().to_string())
+                .filter(|k| !k.is_empty()),
             pod_name,
             session: SessionLimits {
                 heartbeat: args.heartbeat,
@@ -407,6 +546,120 @@ mod tests {
         assert_eq!(cfg.session.heartbeat, Duration::from_millis(500));
         assert_eq!(cfg.session.idle_timeout, Duration::from_secs(120));
         assert_eq!(cfg.nats_urls, vec!["nats://a:1", "nats://b:2"]);
+    }
+
+    #[test]
+    fn no_debug_output_shows_a_secret() {
+        let cli = parse(&[
+            "--jwt-secret",
+            "jwt-very-secret",
+            "--api-key",
+            "api-very-secret",
+            "--nats-url",
+            "nats://user:nats-very-secret@a:1",
+        ]);
+        let shown = format!("{cli:?} {:?}", cli.serve);
+        assert!(!shown.contains("jwt-very-secret") && !shown.contains("api-very-secret"));
+        let cfg = Config::from_args(cli.serve).unwrap();
+        let shown = format!("{cfg:?} {:#?}", cfg);
+        for secret in ["jwt-very-secret", "api-very-secret", "nats-very-secret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("[redacted]") && shown.contains("nats://a:1"),
+            "{shown}"
+        );
+        let Some(Command::Token(token)) =
+            parse(&["token", "--user", "u", "--jwt-secret", "tok-very-secret"]).command
+        else {
+            panic!("token expected")
+        };
+        assert!(!format!("{token:?}").contains("tok-very-secret"));
+        let Some(Command::Publish(publish)) = parse(&[
+            "publish",
+            "--user",
+            "u",
+            "--api-key",
+            "pub-very-secret",
+            "x",
+        ])
+        .command
+        else {
+            panic!("publish expected")
+        };
+        assert!(!format!("{publish:?}").contains("pub-very-secret"));
+    }
+
+    #[test]
+    fn secrets_are_read_from_files_once_and_never_shown() {
+        let dir = std::env::temp_dir().join(format!("herald-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p.to_str().unwrap().to_string()
+        };
+        let jwt = write("jwt", "file-jwt-secret\n");
+        let api = write("api", "file-api-key\r\n\n");
+        let empty = write("empty", "\n");
+        let cli = parse(&["--jwt-secret-file", &jwt, "--api-key-file", &api]);
+        let cfg = Config::from_args(cli.serve).unwrap();
+        assert_eq!(cfg.api_key.as_deref(), Some("file-api-key"));
+        assert!(matches!(cfg.auth, crate::auth::AuthConfig::Jwt(_)));
+        assert!(!format!("{cfg:?}").contains("file-"));
+
+        let cli = parse(&[
+            "--jwt-secret",
+            "flag-secret",
+            "--jwt-secret-file",
+            &jwt,
+            "--api-key-file",
+            &empty,
+            "--listen",
+            "0.0.0.0:8080",
+        ]);
+        let problems = Config::from_args(cli.serve).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("--jwt-secret and --jwt-secret-file are both set"));
+        assert!(problems[1].contains("--api-key-file") && problems[1].contains("empty"));
+        assert!(
+            !problems.concat().contains("secret\n") && !problems.concat().contains("flag-secret")
+        );
+        let missing = dir.join("missing");
+        let cli = parse(&["--api-key-file", missing.to_str().unwrap()]);
+        let problems = Config::from_args(cli.serve).unwrap_err();
+        assert!(problems[0].starts_with("--api-key-file"), "{problems:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn jwks_url_audience_and_issuer_configure_the_verifier() {
+        let cli = parse(&[
+            "--jwt-jwks-url",
+            "https://idp.example/.well-known/jwks.json",
+            "--jwt-audience",
+            "herald",
+            "--jwt-issuer",
+            "https://idp.example",
+        ]);
+        let cfg = Config::from_args(cli.serve).unwrap();
+        let shown = format!("{:?}", cfg.auth);
+        assert!(
+            shown.contains("JWKS https://idp.example/.well-known/jwks.json"),
+            "{shown}"
+        );
+        assert!(shown.contains("herald") && shown.contains("https://idp.example"));
+        let cli = parse(&[
+            "--jwt-jwks-url",
+            "https://idp.example/jwks",
+            "--jwt-secret",
+            "x",
+        ]);
+        let problems = Config::from_args(cli.serve).unwrap_err();
+        assert!(
+            problems[0].contains("configure one key source"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -38,6 +38,9 @@ fn serve(args: herald::config::ServeArgs) -> ExitCode {
         }
     };
     init_tracing(config.log_format);
+    // JWKS: the first fetch starts now; serving does not wait for it (handshakes wait up
+    // to 2 s for a fetch in flight, then get 401 until keys arrive; see docs/decisions.md).
+    config.auth.start();
     let listener = match herald::server::bind(config.listen, config.listen_backlog) {
         Ok(l) => l,
         Err(e) => {

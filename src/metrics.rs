@@ -70,6 +70,26 @@ pub struct Metrics {
     pub topic_subscriptions: Gauge,
 }
 
+/// The JWKS key cache's health (`--jwt-jwks-url`).
+///
+/// Process-wide, unlike [`Metrics`]: the key set belongs to the configuration, which is
+/// loaded before the pod's `Metrics` exist and is handed around without them. Every
+/// `Metrics` registry exports these same series (0 without a JWKS URL).
+#[derive(Clone, Default)]
+pub struct JwksMetrics {
+    /// 1 while the last refresh failed (the last good set stays in use).
+    pub stale: Gauge,
+    /// Usable keys (RS256 and ES256 with a `kid`) in the set in use.
+    pub keys: Gauge,
+    pub refresh_failures: Counter,
+}
+
+/// The process's [`JwksMetrics`].
+pub fn jwks() -> &'static JwksMetrics {
+    static JWKS: std::sync::OnceLock<JwksMetrics> = std::sync::OnceLock::new();
+    JWKS.get_or_init(JwksMetrics::default)
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("herald");
@@ -158,6 +178,22 @@ impl Metrics {
             "registry_entries",
             "Entries in the registry's indexes (sessions, users, devices, takeover history)",
             m.registry_entries.clone(),
+        );
+        let jwks = jwks();
+        registry.register(
+            "jwks_stale",
+            "1 while the last JWKS refresh failed and the last good key set is in use",
+            jwks.stale.clone(),
+        );
+        registry.register(
+            "jwks_keys",
+            "Usable keys (RS256, ES256) in the JWKS key set in use",
+            jwks.keys.clone(),
+        );
+        registry.register(
+            "jwks_refresh_failures",
+            "JWKS fetches that failed (unreachable, bad status, or no usable key)",
+            jwks.refresh_failures.clone(),
         );
         // Series exist from the start at 0, so rate() and alerts work before the first event.
         for status in [400, 401, 429, 503] {

@@ -140,6 +140,7 @@ async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refusal> {
     let since = query_param(query, "since");
     let token = extract_token(query, req.headers());
     let identity = authenticate(&state.auth, token.as_deref(), &user, device)
+        .await
         .map_err(|e| refusal(state, 401, e.to_string()))?;
     let key = req
         .headers()
