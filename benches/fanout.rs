@@ -62,6 +62,7 @@ async fn pod_with_sessions(n: usize) -> Pod {
         metrics,
         pod: "bench".into(),
         limits,
+        auth: Arc::new(herald::auth::AuthConfig::Unsigned),
     });
     let written = Arc::new(AtomicU64::new(0));
     for i in 0..n {

@@ -118,6 +118,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             pod: pod.clone(),
             limits: config.session,
+            auth: Arc::new(config.auth.clone()),
         }),
         draining: draining.clone(),
         next_session: AtomicU64::new(session_id_seed()),

@@ -7,8 +7,22 @@ export interface HeraldOptions {
   url: string;
   /** User id: 1-128 chars of A-Z a-z 0-9 _ - = */
   user: string;
-  /** JWT, or a (possibly async) function returning a fresh one. Omit for cookie or loopback auth. */
+  /**
+   * JWT, or a (possibly async) function returning a fresh one. Omit for cookie or loopback auth.
+   * With a function, the client also refreshes the session's token before it expires (a
+   * `refresh` frame; see `autoRefresh`).
+   */
   token?: string | (() => string | Promise<string>);
+  /**
+   * Refresh the token in band before its `exp` (read from the JWT payload) when `token` is a
+   * function. Default true.
+   */
+  autoRefresh?: boolean;
+  /**
+   * Refresh at least this long before `exp` (or a tenth of the token's lifetime, when that is
+   * longer; never more than half of it). Default 30000.
+   */
+  refreshLeadMs?: number;
   /** Device id; a newer session with the same user and device replaces this one (close 4001). */
   device?: string;
   /** Resume after this cursor on the first connect; takes precedence over a stored one. */
@@ -37,6 +51,8 @@ export interface HeraldOptions {
   random?: () => number;
   setTimeout?: (fn: () => void, ms: number) => unknown;
   clearTimeout?: (id: unknown) => void;
+  /** Current time in ms since the epoch (compared with token `exp`). Default Date.now. */
+  now?: () => number;
   /** Visibility source; null means always visible. Default globalThis.document. */
   document?: { visibilityState?: string } | null;
 }
@@ -67,9 +83,18 @@ export interface HeraldMessage<T = unknown> {
   data: T;
 }
 
+/** The hub's answer to a token refresh. */
+export interface HeraldRefreshed {
+  type: 'refreshed';
+  /** The session's new expiry, seconds since the epoch (absent from an unsigned hub for a token without exp). */
+  exp?: number;
+  /** Topics the new token does not allow: the hub unsubscribed them (also reported as "forbidden" errors). */
+  unsubscribed?: string[];
+}
+
 export interface HeraldError {
   type: 'error';
-  /** Server codes (forbidden, bad_topic, too_many_topics, ...) or local ones: transport, token, protocol. */
+  /** Server codes (forbidden, bad_topic, too_many_topics, bad_token, ...) or local ones: transport, token, protocol. */
   code: string;
   message: string;
   /** Set when the error refused a subscribe. */
@@ -89,6 +114,7 @@ export interface HeraldStateInfo {
 export interface HeraldEvents {
   message: (message: HeraldMessage) => void;
   welcome: (welcome: HeraldWelcome) => void;
+  refreshed: (refreshed: HeraldRefreshed) => void;
   state: (state: HeraldState, info: HeraldStateInfo) => void;
   error: (error: HeraldError) => void;
 }

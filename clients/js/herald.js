@@ -13,6 +13,13 @@ const SUBSCRIBE_ERRORS = new Set(['forbidden', 'bad_topic', 'too_many_topics']);
 
 const OPEN = 1; // WebSocket.OPEN; not read from the constructor, fakes may lack it
 
+// Token refresh (docs/protocol.md §1, `refresh`): ask for a new token this long before the
+// current one expires at the least, or a tenth of its lifetime when that is longer; never
+// more than half the lifetime, so a short-lived token still gets a pause between refreshes.
+const REFRESH_LEAD_MS = 30000;
+// After the token function failed during a refresh, try again this much later.
+const REFRESH_RETRY_MS = 5000;
+
 export class HeraldClient {
   /** @param {import('./herald').HeraldOptions} options */
   constructor(options = {}) {
@@ -39,10 +46,13 @@ export class HeraldClient {
     this._pingMs = options.pingIntervalMs ?? 20000;
     this._restartMs = options.restartDelayMs ?? 3000;
     this._connectTimeoutMs = options.connectTimeoutMs ?? 10000;
+    this._autoRefresh = options.autoRefresh ?? true;
+    this._refreshLeadMs = options.refreshLeadMs ?? REFRESH_LEAD_MS;
     // Injectable so tests can drive time and jitter deterministically.
     this._random = options.random || Math.random;
     this._setTimeout = options.setTimeout || ((fn, ms) => globalThis.setTimeout(fn, ms));
     this._clearTimeout = options.clearTimeout || ((id) => globalThis.clearTimeout(id));
+    this._now = options.now || (() => Date.now());
     this._document = 'document' in options ? options.document : globalThis.document;
 
     this._listeners = new Map(); // event -> Set of callbacks
@@ -52,17 +62,22 @@ export class HeraldClient {
     this._ws = null;
     this._opened = false;        // did the current socket ever open?
     this._token = undefined;     // cached result of a token function
+    this._tokenAt = 0;           // when it was obtained (ms), for its lifetime without iat
+    this._socketToken = undefined; // the token the current socket was opened with
+    this._expMs = undefined;     // when the current session's credentials expire (ms)
+    this._refreshing = null;     // a refresh in progress: {} while fetching, then {token, at}
     this._attempt = 0;           // failed attempts since the last welcome; drives backoff
     this._gen = 0;               // bumps on every attempt/close; stale async work checks it
     this._stopped = true;
     this._awaitingPong = false;
-    this._timers = { reconnect: null, ping: null, connect: null };
+    this._timers = { reconnect: null, ping: null, connect: null, refresh: null, refreshAnswer: null };
   }
 
   /** "idle" before connect(), then "connecting", "open", "reconnecting" or "closed". */
   get state() { return this._state; }
 
-  /** Subscribe to "message", "welcome", "state" or "error"; returns an unsubscribe function. */
+  /** Subscribe to "message", "welcome", "state", "refreshed" or "error"; returns an
+   *  unsubscribe function. */
   on(event, fn) {
     if (!this._listeners.has(event)) this._listeners.set(event, new Set());
     this._listeners.get(event).add(fn);
@@ -151,6 +166,7 @@ export class HeraldClient {
     }
     this._ws = ws;
     this._opened = false;
+    this._socketToken = token;
     // Browsers can sit in CONNECTING for minutes on a black-holed network; give up sooner.
     this._timers.connect = this._setTimeout(() => {
       this._timers.connect = null;
@@ -175,7 +191,10 @@ export class HeraldClient {
   async _getToken() {
     const t = this._tokenOption;
     if (typeof t !== 'function') return t; // a fixed string, or none (cookie/loopback auth)
-    if (this._token === undefined) this._token = await t();
+    if (this._token === undefined) {
+      this._token = await t();
+      this._tokenAt = this._now();
+    }
     return this._token;
   }
 
@@ -243,6 +262,7 @@ export class HeraldClient {
     this._ws = null;
     this._opened = false;
     this._inflight = [];
+    this._refreshing = null;
     for (const entry of this._topics.values()) entry.confirmed = false;
     for (const name of Object.keys(this._timers)) this._clearTimer(name);
   }
@@ -280,7 +300,12 @@ export class HeraldClient {
       case 'welcome':
         this._attempt = 0; // a session was established: the next failure starts the ladder over
         this.session = frame.session;
+        this._expMs = claimMs(this._socketToken, 'exp');
+        this._scheduleRefresh(claimMs(this._socketToken, 'iat') ?? this._tokenAt);
         this._emit('welcome', frame);
+        break;
+      case 'refreshed':
+        this._onRefreshed(frame);
         break;
       case 'message':
         this._emit('message', frame);
@@ -308,10 +333,111 @@ export class HeraldClient {
           this._emit('error', { ...frame, topic });
         } else {
           this._emit('error', frame);
+          // The hub refused the new token: this session ends at the old exp, so reconnect
+          // now, with a token fresh from the token function.
+          if (frame.code === 'bad_token' && this._refreshing?.token) this._refreshFailed('token refresh refused');
         }
         break;
       default: // "pong", or a frame type newer than this client: nothing to do
     }
+  }
+
+  // ---- token refresh ----
+  // With a token function, the client asks it for a new token shortly before the current
+  // one expires and sends it in a `refresh` frame, so the session is not closed with 4003.
+  // If the hub refuses it (bad_token) or does not answer, the client reconnects with a
+  // fresh token instead, still before the old one expires.
+
+  /** Plan the next refresh for the credentials expiring at `_expMs`, issued at `issuedMs`. */
+  _scheduleRefresh(issuedMs) {
+    this._clearTimer('refresh');
+    const exp = this._expMs;
+    if (!this._autoRefresh || typeof this._tokenOption !== 'function' || !Number.isFinite(exp)) return;
+    const now = this._now();
+    const lifetime = Math.max(0, exp - (Number.isFinite(issuedMs) ? issuedMs : now));
+    const lead = Math.min(Math.max(this._refreshLeadMs, lifetime / 10), lifetime / 2);
+    const delayMs = Math.max(0, Math.floor(exp - lead - now));
+    this._timers.refresh = this._setTimeout(() => {
+      this._timers.refresh = null;
+      this._refresh();
+    }, delayMs);
+  }
+
+  async _refresh() {
+    const ws = this._ws;
+    if (!ws || this._state !== 'open' || this._refreshing) return;
+    this._refreshing = {};
+    let token;
+    try {
+      token = await this._tokenOption();
+    } catch (err) {
+      if (ws !== this._ws) return;
+      this._refreshing = null;
+      this._emitError('token', `token function failed: ${err?.message || err}`, err);
+      this._timers.refresh = this._setTimeout(() => {
+        this._timers.refresh = null;
+        this._refresh();
+      }, REFRESH_RETRY_MS);
+      return;
+    }
+    if (ws !== this._ws) return; // that socket is gone, and its refresh with it
+    this._refreshing = null;
+    if (this._state !== 'open') return;
+    const exp = claimMs(token, 'exp');
+    if (typeof token !== 'string' || !token || (exp !== undefined && this._expMs !== undefined && exp <= this._expMs)) {
+      // Not newer than the current one: ask again a little later while that may still help;
+      // otherwise the hub closes with 4003 at exp and the reconnect asks for a fresh token.
+      if (this._now() + REFRESH_RETRY_MS < this._expMs) {
+        this._timers.refresh = this._setTimeout(() => {
+          this._timers.refresh = null;
+          this._refresh();
+        }, REFRESH_RETRY_MS);
+      }
+      return;
+    }
+    if (!this._send({ type: 'refresh', token })) return;
+    this._refreshing = { token, at: this._now() };
+    this._timers.refreshAnswer = this._setTimeout(() => {
+      this._timers.refreshAnswer = null;
+      this._refreshFailed('no answer to refresh');
+    }, this._connectTimeoutMs);
+  }
+
+  _onRefreshed(frame) {
+    const sent = this._refreshing?.token ? this._refreshing : null;
+    this._refreshing = null;
+    this._clearTimer('refreshAnswer');
+    if (sent) {
+      // Later reconnects (after 4002, say) use the new token too.
+      this._token = sent.token;
+      this._tokenAt = sent.at;
+      this._socketToken = sent.token;
+    }
+    for (const topic of Array.isArray(frame.unsubscribed) ? frame.unsubscribed : []) this._revoke(topic);
+    this._expMs = typeof frame.exp === 'number' ? frame.exp * 1000 : claimMs(sent?.token, 'exp');
+    this._scheduleRefresh(claimMs(sent?.token, 'iat') ?? sent?.at);
+    this._emit('refreshed', frame);
+  }
+
+  /** The new token does not allow `topic`: the hub unsubscribed it; forget it here too. */
+  _revoke(topic) {
+    const i = this._inflight.indexOf(topic);
+    if (i >= 0) this._inflight.splice(i, 1);
+    const entry = this._topics.get(topic);
+    if (!entry) return;
+    this._topics.delete(topic);
+    const message = `topic ${topic} is not allowed by the refreshed token`;
+    rejectAll(entry, Object.assign(new Error(message), { code: 'forbidden', topic }));
+    this._emit('error', { type: 'error', code: 'forbidden', message, topic });
+  }
+
+  _refreshFailed(reason) {
+    const ws = this._ws;
+    if (!ws) return;
+    this._token = undefined; // the reconnect asks the token function again
+    ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+    try { ws.close(4000, reason); } catch { /* already closing */ }
+    this._onClose(4000, reason);
   }
 
   _sendSubscribe(topic) {
@@ -388,6 +514,22 @@ export class HeraldClient {
 function resumable(frame) {
   return typeof frame.cursor === 'string' && frame.cursor !== ''
     && frame.source !== 'broadcast' && frame.source !== 'topic';
+}
+
+/** A numeric claim of a JWT (`exp`, `iat`) in ms, read without verifying anything; undefined
+ *  when the token is not a JWT, has no such claim or atob is missing. */
+function claimMs(token, name) {
+  if (typeof token !== 'string' || typeof globalThis.atob !== 'function') return undefined;
+  const part = token.split('.')[1];
+  if (!part) return undefined;
+  try {
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const claims = JSON.parse(globalThis.atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4)));
+    const v = claims?.[name];
+    return typeof v === 'number' && Number.isFinite(v) ? v * 1000 : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** options.cursorStorage: undefined or true = localStorage if usable, false/null = none,

@@ -55,6 +55,15 @@ pub enum ServerFrame {
     Subscribed {
         topic: String,
     },
+    /// The answer to a `refresh`: the session now expires at `exp` (seconds since the
+    /// epoch). `exp` is absent only in unsigned mode for a token without one; the topics
+    /// the new token no longer allows were unsubscribed and are listed (omitted when none).
+    Refreshed {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exp: Option<u64>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unsubscribed: Vec<String>,
+    },
     Error {
         code: String,
         message: String,
@@ -122,6 +131,27 @@ pub enum ClientFrame {
     Unsubscribe {
         topic: String,
     },
+    /// New credentials for the session (docs/protocol.md §1, `refresh`).
+    Refresh {
+        token: Token,
+    },
+}
+
+/// Token text from a client frame. Its `Debug` form hides it, so a frame printed in a log
+/// never shows a credential.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(pub String);
+
+impl Token {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token(<{} bytes>)", self.0.len())
+    }
 }
 
 /// Why a client frame was refused; the text is safe to show the client.
@@ -148,6 +178,8 @@ struct FlatClientFrame {
     data: Option<Box<RawValue>>,
     #[serde(default)]
     topic: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
 }
 
 impl ClientFrame {
@@ -170,6 +202,12 @@ impl ClientFrame {
             "unsubscribe" => Ok(ClientFrame::Unsubscribe {
                 topic: topic(flat.topic)?,
             }),
+            "refresh" => Ok(ClientFrame::Refresh {
+                token: Token(
+                    flat.token
+                        .ok_or_else(|| FrameError("refresh needs a \"token\"".into()))?,
+                ),
+            }),
             other => Err(FrameError(format!(
                 "unknown frame type {:?}",
                 other.chars().take(32).collect::<String>()
@@ -186,6 +224,8 @@ pub mod error_code {
     pub const BAD_TOPIC: &str = "bad_topic";
     pub const TOO_MANY_TOPICS: &str = "too_many_topics";
     pub const UNAVAILABLE: &str = "unavailable";
+    /// A `refresh` token that failed verification, or is for another user or device.
+    pub const BAD_TOKEN: &str = "bad_token";
 }
 
 #[cfg(test)]
@@ -251,5 +291,29 @@ mod tests {
             r#"{"type":"welcome","session":"s","user":"u","pod":"p","heartbeat_ms":25000}"#
         );
         assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
+    }
+
+    #[test]
+    fn refresh_parses_and_hides_its_token() {
+        let f = ClientFrame::parse(r#"{"type":"refresh","token":"a.b.c"}"#).unwrap();
+        match &f {
+            ClientFrame::Refresh { token } => assert_eq!(token.as_str(), "a.b.c"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(!format!("{f:?}").contains("a.b.c"));
+        assert!(ClientFrame::parse(r#"{"type":"refresh"}"#).is_err());
+        let r = ServerFrame::Refreshed {
+            exp: Some(1700000000),
+            unsubscribed: Vec::new(),
+        };
+        assert_eq!(r.to_json(), r#"{"type":"refreshed","exp":1700000000}"#);
+        let r = ServerFrame::Refreshed {
+            exp: Some(5),
+            unsubscribed: vec!["t1".into()],
+        };
+        assert_eq!(
+            r.to_json(),
+            r#"{"type":"refreshed","exp":5,"unsubscribed":["t1"]}"#
+        );
     }
 }

@@ -258,6 +258,18 @@ impl<H> Index<H> {
         self.unindex_topic(topic, id)
     }
 
+    /// A session's token was refreshed: it now expires at `expires_at`. False when the
+    /// session is not (or no longer) indexed.
+    pub fn set_expiry(&mut self, id: SessionId, expires_at: Option<u64>) -> bool {
+        match self.sessions.get_mut(&id) {
+            Some(entry) => {
+                entry.expires_at = expires_at;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Local followers of a topic.
     pub fn followers<'a>(&'a self, topic: &str) -> impl Iterator<Item = &'a Entry<H>> + 'a {
         self.topics
@@ -458,6 +470,27 @@ mod tests {
             ]
         );
         assert!(idx.sweep(now, 61_000, 99).len() == 1);
+    }
+
+    #[test]
+    fn a_refreshed_expiry_replaces_the_old_one_for_the_sweep() {
+        let mut idx = Index::new(limits());
+        let mut e = entry("a", None, 1_000);
+        e.expires_at = Some(100);
+        idx.insert(SessionId::new(1), e);
+        let now = Instant::now();
+        assert_eq!(
+            idx.sweep(now, 1_000, 100),
+            vec![(SessionId::new(1), CloseCode::TokenExpired)]
+        );
+        assert!(idx.set_expiry(SessionId::new(1), Some(160)));
+        assert!(idx.sweep(now, 1_000, 100).is_empty());
+        assert!(idx.sweep(now, 1_000, 159).is_empty());
+        assert_eq!(idx.sweep(now, 1_000, 160).len(), 1);
+        assert!(
+            !idx.set_expiry(SessionId::new(2), Some(1)),
+            "unknown session"
+        );
     }
 
     #[test]

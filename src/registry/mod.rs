@@ -613,20 +613,50 @@ pub struct Unfollow {
 impl Handler<Unfollow> for Registry {
     type Result = ();
     fn handle(&mut self, msg: Unfollow, _: &mut Context<Self>) {
+        self.unfollow(msg.id, &msg.topic);
+    }
+}
+
+impl Registry {
+    /// Stop `id` following `topic`, dropping the pod's interest when it was the last local
+    /// follower.
+    fn unfollow(&mut self, id: SessionId, topic: &str) {
         let was_following = self
             .index
-            .get(msg.id)
-            .is_some_and(|e| e.topics.iter().any(|t| **t == *msg.topic));
+            .get(id)
+            .is_some_and(|e| e.topics.iter().any(|t| **t == *topic));
         if !was_following {
             return;
         }
         self.topic_subscriptions -= 1;
-        if self.index.unfollow(msg.id, &msg.topic) {
+        if self.index.unfollow(id, topic) {
             if let Some(sub) = &self.subscriber {
-                sub.do_send(Interest::Remove(self.deps.subjects.topic(&msg.topic)));
+                sub.do_send(Interest::Remove(self.deps.subjects.topic(topic)));
             }
         }
         self.update_gauges();
+    }
+}
+
+/// A session refreshed its token: it expires at `expires_at` from now on (so the sweep no
+/// longer closes it with 4003 at the old time), and it stops following the topics the new
+/// token does not allow. Sent by the session itself, so it is handled after every
+/// `Follow`/`Unfollow` the session sent before.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Refreshed {
+    pub id: SessionId,
+    pub expires_at: Option<u64>,
+    pub unfollow: Vec<String>,
+}
+
+impl Handler<Refreshed> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: Refreshed, _: &mut Context<Self>) {
+        for topic in &msg.unfollow {
+            self.unfollow(msg.id, topic);
+        }
+        self.index.set_expiry(msg.id, msg.expires_at);
     }
 }
 

@@ -1,5 +1,5 @@
 //! Client frames of a session: ping, publish (to `<prefix>.up.<userId>`), subscribe and
-//! unsubscribe, with the bad-frame budget. (The upstream rate limit is checked before a
+//! unsubscribe (`refresh` is in `refresh.rs`), with the bad-frame budget. (The upstream rate limit is checked before a
 //! frame gets here, for WebSocket pings too.)
 
 use actix::prelude::*;
@@ -27,6 +27,7 @@ impl Session {
                         .do_send(Unfollow { id: self.id, topic });
                 }
             }
+            Ok(ClientFrame::Refresh { token }) => self.refresh(token, ctx),
             Err(e) => self.bad_frame(&e.0, ctx),
         }
     }

@@ -12,8 +12,9 @@
 
 mod inbound;
 pub mod link;
+mod refresh;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
@@ -23,9 +24,10 @@ use governor::clock::MonotonicClock;
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
+use herald_proto::frame::Token;
 use herald_proto::{CloseCode, ServerFrame, Subjects};
 
-use crate::auth::Identity;
+use crate::auth::{AuthConfig, Identity};
 use crate::bus::Bus;
 use crate::config::SessionLimits;
 use crate::ids::SessionId;
@@ -59,6 +61,8 @@ pub struct SessionShared {
     pub metrics: Arc<Metrics>,
     pub pod: String,
     pub limits: SessionLimits,
+    /// How `refresh` tokens are verified: the handshake's configuration.
+    pub auth: Arc<AuthConfig>,
 }
 
 /// The upstream rate limiter. `MonotonicClock` (std `Instant`) rather than the default
@@ -99,6 +103,8 @@ pub struct Session {
     /// Recovered messages, sent right after the welcome (before any live frame).
     replay: Vec<Frame>,
     topics: HashSet<String>,
+    /// `refresh` tokens in arrival order; the first is being verified.
+    refreshes: VecDeque<Token>,
 }
 
 impl Session {
@@ -135,6 +141,7 @@ impl Session {
             welcome: Some(opening.welcome),
             replay: opening.replay,
             topics: HashSet::new(),
+            refreshes: VecDeque::new(),
             shared,
         }
     }

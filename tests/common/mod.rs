@@ -239,6 +239,17 @@ pub fn token_with(
     herald::auth::sign(&claims, Some(secret), None).expect("token signs")
 }
 
+/// The `exp` claim of a JWT (read without verifying it).
+pub fn token_exp(token: &str) -> u64 {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url payload");
+    let claims: Value = serde_json::from_slice(&bytes).expect("JSON claims");
+    claims["exp"].as_u64().expect("numeric exp")
+}
+
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Outcome of a handshake that did not upgrade.
@@ -368,6 +379,20 @@ pub async fn send_text(ws: &mut Ws, text: &str) {
         .await
         .expect("send timed out")
         .expect("send failed");
+}
+
+/// Send a `refresh` frame with `token` and return the next frame (its answer).
+pub async fn refresh(ws: &mut Ws, token: &str) -> Value {
+    let frame = serde_json::json!({"type": "refresh", "token": token});
+    send_text(ws, &frame.to_string()).await;
+    next_json(ws).await
+}
+
+/// The session still answers: a ping gets its pong.
+pub async fn assert_alive(ws: &mut Ws) {
+    send_text(ws, r#"{"type":"ping"}"#).await;
+    let pong = next_json(ws).await;
+    assert_eq!(pong["type"], "pong", "{pong}");
 }
 
 /// A nats-server process on a free port with monitoring enabled.

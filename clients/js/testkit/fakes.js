@@ -81,6 +81,12 @@ export function memoryStorage(entries = {}) {
   return storage;
 }
 
+/** An unsigned JWT-shaped token with these claims (the client only reads exp and iat). */
+export function fakeJwt(claims) {
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  return `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}.sig`;
+}
+
 /** Let pending promise callbacks (e.g. an awaited token) run; not a time-based sleep. */
 export const flush = () => new Promise((resolve) => setImmediate(resolve));
 
@@ -99,6 +105,7 @@ export function setupClient(HeraldClient, options = {}) {
     WebSocket: ws.FakeWebSocket,
     setTimeout: clock.setTimeout,
     clearTimeout: clock.clearTimeout,
+    now: () => clock.now,
     random: () => 0.5,
     document: null,
     cursorStorage: false,
