@@ -119,9 +119,26 @@ async fn publish_async(args: PublishArgs) -> Result<(String, Option<String>), St
     let subjects = Subjects::new(args.subject_prefix);
     let (id, msg) = publish_message(body, &subjects)?;
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-    let bus = NatsBus::connect(&args.nats_url, "herald-cli", metrics)
+    // Services' reply subjects (`_INBOX`): a JetStream publish's ack reaches this client
+    // with service credentials too.
+    let options = crate::bus::nats::NatsOptions {
+        creds: args.nats_creds.clone(),
+        inbox_prefix: None,
+    };
+    let bus = NatsBus::connect_with(&args.nats_url, "herald-cli", &options, metrics)
         .await
         .map_err(|e| e.to_string())?;
+    if !bus.is_connected() {
+        let why = if bus.credentials_refused() {
+            "NATS refused the credentials"
+        } else {
+            "NATS is not reachable"
+        };
+        return Err(format!(
+            "{why} ({})",
+            crate::bus::nats::redact_urls(&args.nats_url)
+        ));
+    }
     if args.durable && subjects.user_of(&msg.subject).is_some() {
         let cursor = crate::durable::publish_once(
             bus.client(),

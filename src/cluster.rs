@@ -16,7 +16,9 @@ use herald_proto::{CloseCode, Subjects};
 
 use crate::bus::{Bus, BusError, Outbound};
 use crate::ids::UserId;
+use crate::metrics::Metrics;
 use crate::pods::PodTable;
+use crate::registry::{Kick, Registry};
 
 /// Longest wait for the pods' replies to a query.
 pub const QUERY_TIMEOUT: Duration = Duration::from_millis(750);
@@ -29,6 +31,9 @@ pub struct Cluster {
     pub bus: Arc<dyn Bus>,
     pub subjects: Subjects,
     pub pods: Arc<PodTable>,
+    /// This pod's Registry: what the cluster asks of every pod, this pod does directly.
+    pub registry: actix::Addr<Registry>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Cluster {
@@ -135,10 +140,14 @@ impl Cluster {
                 }
             }
         }
+        self.pods.settle();
         Ok(found)
     }
 
-    /// Close every session of the user, on every pod, with 4004.
+    /// Close every session of the user, on every pod, with 4004. The kick names this pod
+    /// as its source (the others ignore kicks from no pod or an unknown one); this pod
+    /// skips its own kick when it comes back and closes its sessions directly instead.
+    /// Nothing is closed when the kick cannot be published.
     pub async fn disconnect(&self, user: &UserId) -> Result<(), BusError> {
         let kick = Control::Kick {
             user: user.to_string(),
@@ -146,14 +155,24 @@ impl Cluster {
             except: None,
             before_ms: None,
             code: CloseCode::Disconnected.code(),
-            // Not this pod's name: this pod must act on its own kick too.
-            from_pod: String::new(),
+            from_pod: self.pods.me().to_string(),
         };
         self.bus
             .publish(Outbound::new(
                 self.subjects.ctl_all(),
                 control::encode(&kick),
             ))
-            .await
+            .await?;
+        let local = Kick {
+            user: user.clone(),
+            device: None,
+            except: None,
+            before_ms: None,
+            code: CloseCode::Disconnected,
+        };
+        if let Err(e) = self.registry.send(local).await {
+            tracing::warn!(error = %e, "local disconnect not delivered to the registry");
+        }
+        Ok(())
     }
 }

@@ -96,9 +96,18 @@ pub struct ServeArgs {
     /// Address:port to serve on.
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Comma-separated NATS URLs; unset = standalone mode.
-    #[arg(long, env = "HERALD_NATS_URL", value_delimiter = ',')]
+    /// Comma-separated NATS URLs; unset = standalone mode. User and password or a token
+    /// may be given in them (`nats://user:pass@host:4222`, `nats://token@host:4222`).
+    #[arg(
+        long,
+        env = "HERALD_NATS_URL",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub nats_url: Vec<String>,
+    /// NATS credentials file (JWT + NKey seed).
+    #[arg(long, env = "HERALD_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
     /// Prefix of every NATS subject.
     #[arg(long, env = "HERALD_SUBJECT_PREFIX", default_value = "herald")]
     pub subject_prefix: String,
@@ -239,8 +248,16 @@ pub struct PublishArgs {
     /// print its cursor (the HTTP API does this by itself in durable mode).
     #[arg(long, env = "HERALD_DURABLE", default_value_t = false)]
     pub durable: bool,
-    #[arg(long, env = "HERALD_NATS_URL", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "HERALD_NATS_URL",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub nats_url: Vec<String>,
+    /// NATS credentials file (JWT + NKey seed).
+    #[arg(long, env = "HERALD_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
     #[arg(long, env = "HERALD_SUBJECT_PREFIX", default_value = "herald")]
     pub subject_prefix: String,
     #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
@@ -288,6 +305,8 @@ pub struct DurableConfig {
 pub struct Config {
     pub listen: SocketAddr,
     pub nats_urls: Vec<String>,
+    /// NATS credentials file (JWT + NKey seed), checked readable.
+    pub nats_creds: Option<PathBuf>,
     pub subject_prefix: String,
     pub auth: crate::auth::AuthConfig,
     pub api_key: Option<String>,
@@ -313,6 +332,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("nats_urls", &nats_urls)
+            .field("nats_creds", &self.nats_creds)
             .field("subject_prefix", &self.subject_prefix)
             .field("auth", &self.auth)
             .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
@@ -338,6 +358,9 @@ impl Config {
             .map(|u| u.trim().to_string())
             .filter(|u| !u.is_empty())
             .collect();
+        if let Some(p) = nats_creds_problem(&nats_urls, args.nats_creds.as_deref()) {
+            problems.push(p);
+        }
         if !args.subject_prefix.split('.').all(|t| {
             !t.is_empty()
                 && t.bytes()
@@ -459,6 +482,7 @@ impl Config {
         Ok(Config {
             listen: args.listen,
             nats_urls,
+            nats_creds: args.nats_creds,
             subject_prefix: args.subject_prefix,
             auth,
             api_key: api_key
@@ -489,6 +513,24 @@ impl Config {
 
     pub fn standalone(&self) -> bool {
         self.nats_urls.is_empty()
+    }
+}
+
+/// What is wrong with `--nats-creds`, if anything: it needs `--nats-url`, a readable file,
+/// and no other credentials in the URLs.
+pub fn nats_creds_problem(nats_urls: &[String], creds: Option<&std::path::Path>) -> Option<String> {
+    let path = creds?;
+    if nats_urls.is_empty() {
+        return Some("--nats-creds needs --nats-url".into());
+    }
+    if let Err(e) = std::fs::read_to_string(path) {
+        return Some(format!("--nats-creds {}: {e}", path.display()));
+    }
+    match crate::bus::nats::parse_urls(nats_urls) {
+        Ok((_, Some(_))) => Some(
+            "--nats-creds and credentials in --nats-url: give NATS credentials one way only".into(),
+        ),
+        _ => None,
     }
 }
 
@@ -546,6 +588,37 @@ mod tests {
         assert_eq!(cfg.session.heartbeat, Duration::from_millis(500));
         assert_eq!(cfg.session.idle_timeout, Duration::from_secs(120));
         assert_eq!(cfg.nats_urls, vec!["nats://a:1", "nats://b:2"]);
+    }
+
+    #[test]
+    fn nats_creds_is_passed_on_and_checked() {
+        let dir = std::env::temp_dir().join(format!("herald-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("herald.creds");
+        std::fs::write(&file, "-----BEGIN NATS USER JWT-----\n").unwrap();
+        let path = file.to_str().unwrap();
+        let cli = parse(&["--nats-url", "nats://a:1", "--nats-creds", path]);
+        let cfg = Config::from_args(cli.serve).unwrap();
+        assert_eq!(cfg.nats_creds.as_deref(), Some(file.as_path()));
+        // Without NATS, unreadable, or together with credentials in the URL: refused.
+        let problems = Config::from_args(parse(&["--nats-creds", path]).serve).unwrap_err();
+        assert!(problems[0].contains("needs --nats-url"), "{problems:?}");
+        let missing = dir.join("missing.creds");
+        let cli = parse(&[
+            "--nats-url",
+            "nats://a:1",
+            "--nats-creds",
+            missing.to_str().unwrap(),
+        ]);
+        let problems = Config::from_args(cli.serve).unwrap_err();
+        assert!(problems[0].contains("missing.creds"), "{problems:?}");
+        let cli = parse(&["--nats-url", "nats://u:hidden@a:1", "--nats-creds", path]);
+        let problems = Config::from_args(cli.serve).unwrap_err();
+        assert!(
+            problems[0].contains("one way only") && !problems[0].contains("hidden"),
+            "{problems:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

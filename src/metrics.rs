@@ -49,6 +49,15 @@ pub struct MapLabels {
     pub map: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// Why a control message was ignored: no source pod, or one not in the live pod table.
+pub const CONTROL_EMPTY_SOURCE: &str = "empty_source";
+pub const CONTROL_UNKNOWN_POD: &str = "unknown_pod";
+
 /// Every metric herald exports.
 pub struct Metrics {
     registry: Registry,
@@ -68,6 +77,8 @@ pub struct Metrics {
     pub registry_entries: Family<MapLabels, Gauge>,
     pub topics: Gauge,
     pub topic_subscriptions: Gauge,
+    /// Pod-to-pod control messages not acted on, by reason.
+    pub control_ignored: Family<ReasonLabels, Counter>,
 }
 
 /// The JWKS key cache's health (`--jwt-jwks-url`).
@@ -110,6 +121,7 @@ impl Metrics {
             registry_entries: Family::default(),
             topics: Gauge::default(),
             topic_subscriptions: Gauge::default(),
+            control_ignored: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -195,6 +207,14 @@ impl Metrics {
             "JWKS fetches that failed (unreachable, bad status, or no usable key)",
             jwks.refresh_failures.clone(),
         );
+        registry.register(
+            "control_ignored",
+            "Pod-to-pod control messages ignored: no source pod, or a pod not known alive",
+            m.control_ignored.clone(),
+        );
+        for reason in [CONTROL_EMPTY_SOURCE, CONTROL_UNKNOWN_POD] {
+            let _ = m.control_ignored.get_or_create(&ReasonLabels { reason });
+        }
         // Series exist from the start at 0, so rate() and alerts work before the first event.
         for status in [400, 401, 429, 503] {
             let _ = m.handshake_refusals.get_or_create(&StatusLabels { status });

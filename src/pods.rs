@@ -4,6 +4,7 @@
 //! table decides how long a query can take: a pod that stops beaconing is dropped from it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -37,6 +38,9 @@ pub struct PodTable {
     /// Pods declared down: when, and which run of the pod (its start time). The same run
     /// beaconing again was only stalled.
     down: Mutex<HashMap<String, (Instant, u64)>>,
+    /// Set once this pod has heard the live pods' answers to its hello: from then on the
+    /// table is complete, and a pod missing from it is unknown.
+    settled: AtomicBool,
 }
 
 impl PodTable {
@@ -47,6 +51,7 @@ impl PodTable {
             started,
             pods: Mutex::new(HashMap::new()),
             down: Mutex::new(HashMap::new()),
+            settled: AtomicBool::new(false),
         }
     }
 
@@ -140,6 +145,23 @@ impl PodTable {
     pub fn live_count(&self) -> usize {
         self.lock().len() + 1
     }
+
+    /// Whether `pod` is this pod or in the table of live pods (draining ones included).
+    pub fn knows(&self, pod: &str) -> bool {
+        pod == self.me || self.lock().contains_key(pod)
+    }
+
+    /// Whether a control message from `pod` comes from a pod not known alive. Before this
+    /// pod has heard the others' answers to its hello ([`PodTable::settle`]) nobody is
+    /// unknown yet: a session opened on a starting pod must still be taken over.
+    pub fn is_unknown(&self, pod: &str) -> bool {
+        self.settled.load(Ordering::Acquire) && !self.knows(pod)
+    }
+
+    /// The live pods' answers to this pod's hello are in the table.
+    pub fn settle(&self) {
+        self.settled.store(true, Ordering::Release);
+    }
 }
 
 /// Publish a pod lifecycle event on `<prefix>.events.pod`.
@@ -168,11 +190,19 @@ mod tests {
         t.beacon("b", 7, false, 1, 1);
         t.beacon("a", 7, false, 1, 1);
         assert_eq!(t.live(), vec!["a", "b"]);
+        assert!(t.knows("a") && t.knows("b") && !t.knows("c") && !t.knows(""));
+        assert!(
+            !t.is_unknown("c"),
+            "nobody is unknown before the hello's answers"
+        );
+        t.settle();
+        assert!(t.is_unknown("c") && !t.is_unknown("b") && !t.is_unknown("a"));
         assert!(t.expire(Instant::now()).is_empty());
         assert!(t.is_announcer());
         let dead = t.expire(Instant::now() + POD_DEAD_AFTER);
         assert_eq!(dead, vec!["b"]);
         assert_eq!(t.live_count(), 1);
+        assert!(!t.knows("b"), "a pod declared down is not known alive");
         // The same run of a pod declared down beacons again: it was stalled, report it up.
         assert!(t.beacon("b", 7, false, 0, 0));
         assert!(!t.beacon("b", 7, false, 0, 0));

@@ -47,7 +47,11 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
         tracing::info!("standalone mode: in-process bus, no NATS");
         Arc::new(MemoryBus::new())
     } else {
-        let nats = NatsBus::connect(&config.nats_urls, &pod, metrics.clone())
+        let options = crate::bus::nats::NatsOptions {
+            creds: config.nats_creds.clone(),
+            inbox_prefix: Some(crate::bus::nats::HERALD_INBOX_PREFIX.to_string()),
+        };
+        let nats = NatsBus::connect_with(&config.nats_urls, &pod, &options, metrics.clone())
             .await
             .context("connecting to NATS")?;
         if let Some(d) = config.durable {
@@ -85,6 +89,8 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
         bus: bus.clone(),
         subjects: subjects.clone(),
         pods: pods.clone(),
+        registry: registry.clone(),
+        metrics: metrics.clone(),
     };
     let subscriber = Subscriber::new(
         registry.clone(),

@@ -34,6 +34,10 @@ const PRESENCE_QUEUE: &str = "herald-presence";
 /// Retry a failed subscribe after this long.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 
+/// How long a control message from a pod not known yet waits for that pod's hello or
+/// beacon (one beacon interval and a margin) before it is ignored.
+const UNKNOWN_SOURCE_GRACE: Duration = Duration::from_millis(1500);
+
 /// Someone waiting for a subscription to be in place; durable live feeds answer with
 /// their baseline (see [`AwaitInterest`]).
 type Waiter = oneshot::Sender<Option<u64>>;
@@ -405,7 +409,7 @@ impl Subscriber {
         } else if let Some(topic) = subjects.topic_of(&msg.subject) {
             Target::Topic(topic.to_string())
         } else if msg.subject == subjects.ctl_all() {
-            return self.on_control(&msg);
+            return self.on_control(&msg, ctx);
         } else if msg.subject == subjects.ctl_query() {
             return self.on_query(msg, ctx);
         } else if let Some(user) = subjects.presence_user_of(&msg.subject) {
@@ -445,7 +449,18 @@ impl Subscriber {
         });
     }
 
-    fn on_control(&mut self, msg: &BusMessage) {
+    /// Count and log a control message that is not acted on.
+    fn ignored(&self, reason: &'static str, source: &str, what: &'static str) {
+        // Debug only: whoever can publish there could flood the log otherwise.
+        tracing::debug!(source, reason, what, "ignoring a control message");
+        self.cluster
+            .metrics
+            .control_ignored
+            .get_or_create(&crate::metrics::ReasonLabels { reason })
+            .inc();
+    }
+
+    fn on_control(&mut self, msg: &BusMessage, ctx: &mut Context<Self>) {
         let control: Control = match control::decode(&msg.payload) {
             Ok(c) => c,
             Err(e) => {
@@ -453,9 +468,39 @@ impl Subscriber {
                 return;
             }
         };
+        self.on_control_from(control, true, ctx);
+    }
+
+    /// Act on a control message if its source allows: it must name its pod, and unless it
+    /// introduces that pod (a beacon), the pod must be known alive. A message from a pod
+    /// not known yet waits [`UNKNOWN_SOURCE_GRACE`] once (a pod that just started may
+    /// send a kick before its hello or first beacon arrives), then is ignored if its pod
+    /// is still unknown.
+    fn on_control_from(&mut self, control: Control, first: bool, ctx: &mut Context<Self>) {
+        let (source, introduces, what) = match &control {
+            Control::Kick { from_pod, .. } => (from_pod, false, "kick"),
+            Control::Replaced { from_pod, .. } => (from_pod, false, "replaced"),
+            Control::Beacon { pod, .. } => (pod, true, "beacon"),
+            Control::Leaving { pod } => (pod, false, "leaving"),
+        };
+        // This pod's own messages come back: it acted on them when it sent them.
+        if *source == self.pod {
+            return;
+        }
+        if source.is_empty() {
+            return self.ignored(crate::metrics::CONTROL_EMPTY_SOURCE, source, what);
+        }
+        if !introduces && self.pods.is_unknown(source) {
+            if first {
+                ctx.run_later(UNKNOWN_SOURCE_GRACE, move |act, ctx| {
+                    act.on_control_from(control, false, ctx)
+                });
+            } else {
+                self.ignored(crate::metrics::CONTROL_UNKNOWN_POD, source, what);
+            }
+            return;
+        }
         match control {
-            Control::Kick { from_pod, .. } | Control::Replaced { from_pod, .. }
-                if from_pod == self.pod => {}
             Control::Kick {
                 user,
                 device,
@@ -549,6 +594,9 @@ impl Subscriber {
         if let Query::Hello { pod, started } = &query {
             if *pod == self.pod {
                 return;
+            }
+            if pod.is_empty() {
+                return self.ignored(crate::metrics::CONTROL_EMPTY_SOURCE, pod, "hello");
             }
             // Known from now on, before the new pod can report ready.
             self.pods.beacon(pod, *started, false, 0, 0);

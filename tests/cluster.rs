@@ -422,6 +422,8 @@ async fn a_late_takeover_kick_never_closes_a_newer_session() {
             from_pod: "pod-z".into(),
         })
     };
+    // Kicks come from a pod the others know (they ignore kicks from an unknown pod).
+    introduce_pod(&client, "herald", "pod-z").await;
     // A kick from a takeover that happened before this session attached, arriving late,
     // then one from a newer takeover. Both travel on one subject, so they are handled in
     // order: the close code says which one closed the session.

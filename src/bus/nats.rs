@@ -5,8 +5,14 @@
 //! reconnects to, so interest routing heals by itself after an outage. While
 //! disconnected, `publish` fails fast instead of buffering, so a browser's upstream frame
 //! is answered with an error rather than lost silently.
+//!
+//! Credentials: user and password or a token in the URLs (`nats://user:pass@host:4222`,
+//! `nats://token@host:4222`; async-nats ignores URL user info, so they are taken out here
+//! and passed as connect options), or a credentials file (JWT + NKey seed). A URL is only
+//! ever shown with its user info redacted ([`redact_url`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,31 +25,187 @@ use crate::metrics::Metrics;
 /// How long a subscribe waits for the server to confirm it (a PING round trip).
 const SUBSCRIBE_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Reply subjects of herald pods start with this instead of `_INBOX`, so NATS permissions
+/// can keep herald's replies (JetStream reads, pod queries) away from services, which
+/// subscribe to `_INBOX.>` for their own requests (k8s/nats/auth.conf).
+pub const HERALD_INBOX_PREFIX: &str = "_INBOX_HERALD";
+
+/// Credentials found in the user info of the NATS URLs.
+#[derive(Clone, PartialEq, Eq)]
+pub enum UrlCredentials {
+    UserPassword { user: String, password: String },
+    Token(String),
+}
+
+impl std::fmt::Debug for UrlCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UrlCredentials::UserPassword { user, .. } => {
+                write!(f, "UserPassword {{ user: {user:?}, password: *** }}")
+            }
+            UrlCredentials::Token(_) => write!(f, "Token(***)"),
+        }
+    }
+}
+
+/// How a [`NatsBus`] connects, besides the URLs and the connection name.
+#[derive(Debug, Clone, Default)]
+pub struct NatsOptions {
+    /// A NATS credentials file (JWT + NKey seed).
+    pub creds: Option<PathBuf>,
+    /// Prefix of this connection's reply subjects (default `_INBOX`).
+    pub inbox_prefix: Option<String>,
+}
+
+/// `url` with its user info (user, password, token) replaced by `***`: the only form in
+/// which a NATS URL may appear in logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    // The last `@`, so a password with an unescaped `@` or `/` is hidden too.
+    match rest.rfind('@') {
+        Some(at) => format!("{scheme}***{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+/// Every URL in `urls`, each shown redacted, comma-separated.
+pub fn redact_urls(urls: &[String]) -> String {
+    urls.iter()
+        .map(|u| redact_url(u))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parse the NATS URLs: the server addresses without user info, and the credentials the
+/// URLs carried (one URL may carry them for all; URLs that carry different ones are an
+/// error). Errors show the URLs redacted.
+pub fn parse_urls(
+    urls: &[String],
+) -> Result<(Vec<async_nats::ServerAddr>, Option<UrlCredentials>), String> {
+    let mut credentials: Option<UrlCredentials> = None;
+    let mut addrs = Vec::with_capacity(urls.len());
+    for u in urls {
+        let shown = redact_url(u);
+        let addr: async_nats::ServerAddr =
+            u.parse().map_err(|e| format!("NATS URL {shown}: {e}"))?;
+        let found = match (addr.username(), addr.password()) {
+            (Some(user), Some(password)) => Some(UrlCredentials::UserPassword {
+                user: percent_decode(user),
+                password: percent_decode(password),
+            }),
+            (Some(token), None) => Some(UrlCredentials::Token(percent_decode(token))),
+            (None, Some(_)) => {
+                return Err(format!(
+                    "NATS URL {shown}: a password needs a user name (nats://user:pass@host)"
+                ))
+            }
+            (None, None) => None,
+        };
+        if let Some(found) = found {
+            match &credentials {
+                Some(c) if *c != found => {
+                    return Err(format!(
+                        "NATS URL {shown}: the URLs carry different credentials; \
+                         give the same ones in each, or in the first only"
+                    ))
+                }
+                _ => credentials = Some(found),
+            }
+        }
+        let mut url = addr.into_inner();
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        addrs.push(
+            async_nats::ServerAddr::from_url(url).map_err(|e| format!("NATS URL {shown}: {e}"))?,
+        );
+    }
+    Ok((addrs, credentials))
+}
+
+/// Whether a client error event is the server refusing the credentials.
+fn is_auth_refusal(error: &async_nats::ClientError) -> bool {
+    match error {
+        async_nats::ClientError::Other(e) => {
+            *e == async_nats::ConnectErrorKind::AuthorizationViolation.to_string()
+                || *e == async_nats::ConnectErrorKind::Authentication.to_string()
+        }
+        _ => false,
+    }
+}
+
 #[derive(Clone)]
 pub struct NatsBus {
     client: async_nats::Client,
     /// Connections made so far (1 after the first, +1 per reconnect).
     connections: Arc<AtomicU64>,
+    /// The server refused the credentials since the last successful connection.
+    refused: Arc<AtomicBool>,
 }
 
 impl NatsBus {
-    /// Connect to any of `urls`, retrying until one answers.
+    /// Connect to any of `urls` without credentials besides those in the URLs, retrying
+    /// until one answers.
     pub async fn connect(
         urls: &[String],
         name: &str,
         metrics: Arc<Metrics>,
     ) -> Result<NatsBus, BusError> {
-        let addrs: Vec<async_nats::ServerAddr> = urls
-            .iter()
-            .map(|u| {
-                u.parse::<async_nats::ServerAddr>()
-                    .map_err(|e| BusError::Other(format!("NATS URL {u:?}: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
+        Self::connect_with(urls, name, &NatsOptions::default(), metrics).await
+    }
+
+    /// Connect to any of `urls`, retrying until one answers (a refusal of the credentials
+    /// is retried too: the server's configuration may lag the Secret).
+    pub async fn connect_with(
+        urls: &[String],
+        name: &str,
+        nats: &NatsOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<NatsBus, BusError> {
+        let (addrs, url_credentials) = parse_urls(urls).map_err(BusError::Other)?;
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(path) = &nats.creds {
+            options = options.credentials_file(path).await.map_err(|e| {
+                BusError::Other(format!("NATS credentials file {}: {e}", path.display()))
+            })?;
+        }
+        match url_credentials {
+            Some(UrlCredentials::UserPassword { user, password }) => {
+                options = options.user_and_password(user, password);
+            }
+            Some(UrlCredentials::Token(token)) => options = options.token(token),
+            None => {}
+        }
+        if let Some(prefix) = &nats.inbox_prefix {
+            options = options.custom_inbox_prefix(prefix);
+        }
         let events = metrics.clone();
         let connections = Arc::new(AtomicU64::new(0));
         let counted = connections.clone();
-        let options = async_nats::ConnectOptions::new()
+        let refused = Arc::new(AtomicBool::new(false));
+        let refusals = refused.clone();
+        let options = options
             .name(name)
             .retry_on_initial_connect()
             // The first URL is this pod's own NATS node; the rest are fallbacks.
@@ -57,16 +219,32 @@ impl NatsBus {
             .event_callback(move |event| {
                 let metrics = events.clone();
                 let counted = counted.clone();
+                let refused = refusals.clone();
                 async move {
                     match event {
                         async_nats::Event::Connected => {
                             counted.fetch_add(1, Ordering::AcqRel);
+                            refused.store(false, Ordering::Release);
                             metrics.bus_connected.set(1);
                             tracing::info!("NATS connected");
                         }
                         async_nats::Event::Disconnected => {
                             metrics.bus_connected.set(0);
                             tracing::warn!("NATS disconnected; reconnecting");
+                        }
+                        async_nats::Event::ClientError(e) if is_auth_refusal(&e) => {
+                            // Said once per outage, not on every retry.
+                            if !refused.swap(true, Ordering::AcqRel) {
+                                tracing::error!(
+                                    error = %e,
+                                    "NATS refused the credentials (user/password or token in \
+                                     the NATS URL, or --nats-creds); retrying"
+                                );
+                            }
+                        }
+                        // E.g. a publish or subscribe the account's permissions deny.
+                        async_nats::Event::ServerError(e) => {
+                            tracing::warn!(error = %e, "NATS server error");
                         }
                         other => tracing::info!(event = %other, "NATS event"),
                     }
@@ -79,6 +257,12 @@ impl NatsBus {
         // the pod only reports ready once NATS is really there.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while client.connection_state() != async_nats::connection::State::Connected {
+            if refused.load(Ordering::Acquire) {
+                tracing::error!(
+                    "NATS refused the credentials; serving as not ready until it accepts them"
+                );
+                break;
+            }
             if tokio::time::Instant::now() > deadline {
                 tracing::warn!("NATS not reachable yet; serving as not ready until it is");
                 break;
@@ -91,7 +275,13 @@ impl NatsBus {
         Ok(NatsBus {
             client,
             connections,
+            refused,
         })
+    }
+
+    /// The server refused the credentials and no connection succeeded since.
+    pub fn credentials_refused(&self) -> bool {
+        self.refused.load(Ordering::Acquire)
     }
 
     /// The client, for JetStream (durable mode).
@@ -195,5 +385,68 @@ impl Bus for NatsBus {
 
     async fn flush(&self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn urls(list: &[&str]) -> Vec<String> {
+        list.iter().map(|u| u.to_string()).collect()
+    }
+
+    #[test]
+    fn user_info_is_redacted() {
+        assert_eq!(
+            redact_url("nats://herald:s3cret@nats:4222"),
+            "nats://***@nats:4222"
+        );
+        assert_eq!(
+            redact_url("nats://tok@127.0.0.1:4222"),
+            "nats://***@127.0.0.1:4222"
+        );
+        assert_eq!(redact_url("u:p@w@host:4222"), "***@host:4222");
+        assert_eq!(redact_url("nats://a:p/ss@host"), "nats://***@host");
+        assert_eq!(redact_url("nats://nats:4222"), "nats://nats:4222");
+        assert_eq!(
+            redact_urls(&urls(&["nats://u:p@a:1", "nats://b:2"])),
+            "nats://***@a:1,nats://b:2"
+        );
+    }
+
+    #[test]
+    fn credentials_are_taken_out_of_the_urls() {
+        let (addrs, creds) =
+            parse_urls(&urls(&["nats://herald:p%40ss@a:4222", "nats://b:4223"])).unwrap();
+        assert_eq!(
+            creds,
+            Some(UrlCredentials::UserPassword {
+                user: "herald".into(),
+                password: "p@ss".into()
+            })
+        );
+        assert_eq!(addrs.len(), 2);
+        for a in &addrs {
+            assert!(!a.has_user_pass(), "{}", a.as_url_str());
+            assert!(!a.as_url_str().contains("herald"), "{}", a.as_url_str());
+        }
+        let (_, creds) = parse_urls(&urls(&["nats://s3cr3t-token@a:4222"])).unwrap();
+        assert_eq!(creds, Some(UrlCredentials::Token("s3cr3t-token".into())));
+        let (_, creds) = parse_urls(&urls(&["a:4222"])).unwrap();
+        assert_eq!(creds, None);
+        // The same credentials repeated are fine; different ones are not.
+        assert!(parse_urls(&urls(&["nats://u:p@a:1", "nats://u:p@b:2"])).is_ok());
+        let e = parse_urls(&urls(&["nats://u:p@a:1", "nats://u:other@b:2"])).unwrap_err();
+        assert!(
+            e.contains("different credentials") && !e.contains("other"),
+            "{e}"
+        );
+        // Errors never show the secret.
+        let e = parse_urls(&urls(&["http://u:hidden@a:1"])).unwrap_err();
+        assert!(!e.contains("hidden") && e.contains("***@a:1"), "{e}");
+        let e = parse_urls(&urls(&["nats://:hidden@a:1"])).unwrap_err();
+        assert!(!e.contains("hidden"), "{e}");
+        assert!(!format!("{:?}", UrlCredentials::Token("hidden".into())).contains("hidden"));
     }
 }

@@ -953,3 +953,135 @@ impl Drop for TcpProxy {
         self.cut();
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// NATS authorization: a nats-server started from a configuration file (the shipped
+// k8s/nats/auth.conf included), and herald with its log captured.
+
+/// The authorization block herald ships (k8s/nats/auth.conf), as it is in the repository.
+pub fn shipped_nats_auth_conf() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s/nats/auth.conf");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A random hex string, e.g. for a password (hex never reads as a number in nats.conf
+/// unless it is all digits, which this never is: it starts with a letter).
+pub fn random_hex(len: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let hex: String = (0..len.saturating_sub(1))
+        .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap())
+        .collect();
+    format!("a{hex}")
+}
+
+impl Nats {
+    /// A single nats-server with JetStream, started with `-c` from a configuration file:
+    /// listen and monitoring addresses and a JetStream store in its temp dir, then
+    /// `include ./<name>` for each of `files` (written next to the configuration), with
+    /// `env` set in the server's environment (passwords the files read as `$VARIABLE`).
+    pub async fn start_with_config(files: &[(&str, &str)], env: &[(&str, &str)]) -> Nats {
+        let port = free_port();
+        let monitor_port = free_port();
+        let dir = TempDir::new("nats-conf");
+        let mut conf = format!(
+            "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\n\
+             jetstream {{\n  store_dir: \"{}\"\n}}\n",
+            dir.0.join("js").display()
+        );
+        for (name, body) in files {
+            std::fs::write(dir.0.join(name), body).expect("config file");
+            conf.push_str(&format!("include ./{name}\n"));
+        }
+        let path = dir.0.join("nats.conf");
+        std::fs::write(&path, conf).expect("nats.conf");
+        let bin = nats_server_bin();
+        let log = std::fs::File::create(dir.0.join("nats.log")).expect("nats log");
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&path)
+            .envs(env.iter().copied())
+            .current_dir(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{bin} does not start ({e}): install the nats-server package")
+            });
+        let nats = Nats {
+            child,
+            port,
+            monitor_port,
+            cluster_port: 0,
+            _dir: dir,
+        };
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let health = format!("http://127.0.0.1:{monitor_port}/healthz");
+        loop {
+            if reqwest::get(&health).await.is_ok_and(|r| r.status() == 200) {
+                break;
+            }
+            let log = std::fs::read_to_string(nats._dir.0.join("nats.log")).unwrap_or_default();
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server did not start from its configuration: {log}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        nats.wait_js(1).await;
+        nats
+    }
+
+    /// This server's URL with user info, e.g. `nats://user:pass@127.0.0.1:PORT`.
+    pub fn url_as(&self, userinfo: &str) -> String {
+        format!("nats://{userinfo}@127.0.0.1:{}", self.port)
+    }
+}
+
+impl Hub {
+    /// Like [`Hub::start`], with herald's log at `level` (`HERALD_LOG`) written to `log`
+    /// instead of the test's stderr, so the test can read what herald said.
+    pub async fn start_logged(extra: &[&str], level: &str, log: &std::path::Path) -> Hub {
+        let port = free_port();
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let file = std::fs::File::create(log).expect("herald log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(&args)
+            .env("HERALD_LOG", level)
+            .env_remove("HERALD_JWT_SECRET")
+            .env_remove("HERALD_API_KEY")
+            .env_remove("HERALD_NATS_URL")
+            .env_remove("HERALD_NATS_CREDS")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("herald starts");
+        let hub = Hub { child, port, args };
+        hub.wait_healthy().await;
+        hub
+    }
+}
+
+/// Make the pods on `prefix` know a pod named `pod` (a beacon in its name), so control
+/// messages from it are acted on. It stays known for 4 s (`pods::POD_DEAD_AFTER`).
+pub async fn introduce_pod(client: &async_nats::Client, prefix: &str, pod: &str) {
+    let beacon = herald_proto::control::Control::Beacon {
+        pod: pod.to_string(),
+        started: herald::clock::wall_ms(),
+        draining: false,
+        connections: 0,
+        users: 0,
+    };
+    client
+        .publish(
+            format!("{prefix}.ctl.all"),
+            herald_proto::control::encode(&beacon).into(),
+        )
+        .await
+        .expect("beacon published");
+}
