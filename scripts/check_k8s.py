@@ -16,6 +16,7 @@ Exit status 1 on any failure.
 import argparse
 import copy
 import glob
+import json
 import os
 import re
 import sys
@@ -116,6 +117,44 @@ def container_env(docs, container):
         else:
             env[e["name"]] = ("other", None)
     return env
+
+
+def secret_file(spec, container, path):
+    """The Secret volume file at `path` in this container, or None:
+    dict(secret, key, mode, read_only, volume)."""
+    if not isinstance(path, str):
+        return None
+    vols = {v["name"]: v["secret"] for v in spec.get("volumes", []) if "secret" in v}
+    for m in container.get("volumeMounts", []):
+        src = vols.get(m["name"])
+        root = m["mountPath"].rstrip("/") + "/"
+        if src is None or not path.startswith(root) or "subPath" in m:
+            continue
+        rel = path[len(root):]
+        items = src.get("items")
+        item = next((i for i in items if i["path"] == rel), None) if items else {"key": rel}
+        if item is None:
+            return None
+        return dict(secret=src["secretName"], key=item["key"], volume=m["name"],
+                    mode=item.get("mode", src.get("defaultMode", 0o644)), read_only=m.get("readOnly") is True)
+    return None
+
+
+# Settings whose value is a path to a key file (herald reads the file at start).
+KEY_FILE_VARS = ("HERALD_JWT_SECRET_FILE", "HERALD_API_KEY_FILE", "HERALD_JWT_PUBLIC_KEY")
+
+
+def secret_refs(docs, spec, container):
+    """(secret, key) pairs the container reads: secretKeyRef variables and key files."""
+    refs = set()
+    for var, (kind, v) in container_env(docs, container).items():
+        if kind == "secretKeyRef":
+            refs.add(v)
+        elif kind == "value" and var in KEY_FILE_VARS:
+            f = secret_file(spec, container, v)
+            if f:
+                refs.add((f["secret"], f["key"]))
+    return refs
 
 
 def prestop_sleep_s(container):
@@ -235,11 +274,24 @@ def check_herald(r, name, docs, ctx, deployable):
     r.check(env.get("HERALD_POD_NAME") == ("fieldRef", "metadata.name"),
             "%s: HERALD_POD_NAME comes from the downward API metadata.name" % name)
     # Bound to 0.0.0.0 herald refuses to start without a JWT key (PROTOCOL.md section 7).
-    r.check(env.get("HERALD_JWT_SECRET", ("",))[0] == "secretKeyRef" or "HERALD_JWT_PUBLIC_KEY" in env,
-            "%s: a JWT key is set (HERALD_JWT_SECRET from a secretKeyRef, or HERALD_JWT_PUBLIC_KEY)" % name)
-    r.check(env.get("HERALD_API_KEY", ("",))[0] == "secretKeyRef", "%s: HERALD_API_KEY comes from a secretKeyRef" % name)
-    r.check(not any(env.get(v, ("",))[0] == "value" for v in ("HERALD_JWT_SECRET", "HERALD_API_KEY")),
-            "%s: no JWT secret or API key in plain manifest values" % name)
+    # Keys are files of a Secret volume (HERALD_*_FILE), never environment variables.
+    files = {v: secret_file(spec, c, env[v][1]) for v in KEY_FILE_VARS if env.get(v, ("",))[0] == "value"}
+    r.check(bool(files.get("HERALD_JWT_SECRET_FILE")) or "HERALD_JWT_PUBLIC_KEY" in env,
+            "%s: a JWT key is set (HERALD_JWT_SECRET_FILE in a Secret volume, or HERALD_JWT_PUBLIC_KEY)" % name)
+    r.check(bool(files.get("HERALD_API_KEY_FILE")),
+            "%s: HERALD_API_KEY_FILE %s is a file of a mounted Secret" % (name, env.get("HERALD_API_KEY_FILE", ("", None))[1]))
+    r.check(not any(v in env for v in ("HERALD_JWT_SECRET", "HERALD_API_KEY")),
+            "%s: no JWT secret or API key in environment variables (plain or secretKeyRef)" % name)
+    psc = spec.get("securityContext", {})
+    uid = c.get("securityContext", {}).get("runAsUser", psc.get("runAsUser"))
+    for var, f in sorted(files.items()):
+        if not f:
+            continue
+        r.check(f["read_only"], "%s: volume %s holding %s is mounted readOnly" % (name, f["volume"], var))
+        r.check(f["mode"] == 0o400, "%s: %s mode %04o is 0400 (owner read only)" % (name, var, f["mode"]))
+        # Secret volume files belong to root; fsGroup makes them group-owned and adds group read.
+        r.check(uid == 0 or psc.get("fsGroup") is not None,
+                "%s: uid %s can read %s (pod fsGroup %s gives it group read)" % (name, uid, var, psc.get("fsGroup")))
 
     try:
         drain = duration_s(env.get("HERALD_DRAIN_TIMEOUT", ("value", "20s"))[1])  # default: PROTOCOL.md 8
@@ -269,7 +321,7 @@ def check_herald(r, name, docs, ctx, deployable):
         nats = env.get("HERALD_NATS_URL", ("", ""))[1]
         if nats:
             for url in nats.split(","):
-                um = re.match(r"^(?:nats|tls)://([^:/,]+):(\d+)$", url.strip())
+                um = re.match(r"^(?:nats|tls)://(?:[^@/,]+@)?([^:/,@]+):(\d+)$", url.strip())  # user:pass@ or token@ allowed
                 svc = um and find(docs, "Service", um.group(1).split(".")[0])
                 r.check(bool(svc) and any(p["port"] == int(um.group(2)) for p in svc[0]["spec"]["ports"]),
                         "%s: HERALD_NATS_URL %s names a Service in this overlay" % (name, url))
@@ -379,9 +431,7 @@ def check_repo(r, ctx, renders, examples):
         for docs in renders.values():
             for _, spec in pod_templates(docs):
                 for c in spec["containers"]:
-                    for kind, v in container_env(docs, c).values():
-                        if kind == "secretKeyRef" and v[0] == d["metadata"]["name"]:
-                            dep_keys.add(v[1])
+                    dep_keys |= {k for s, k in secret_refs(docs, spec, c) if s == d["metadata"]["name"]}
         r.check(dep_keys and dep_keys <= set(vals), "%s: holds every key the Deployment reads %s"
                 % (os.path.relpath(f, root), sorted(dep_keys)))
 
@@ -438,6 +488,108 @@ def check_repo(r, ctx, renders, examples):
             % (" (missing %s)" % sorted(missing) if missing else ""))
 
 
+# ---------------------------------------------------------------- monitoring
+
+# How Prometheus names the series of a metric family: counters get _total, histograms
+# _bucket/_sum/_count (tests/monitoring.rs checks the same names against a running hub).
+SERIES_SUFFIXES = ("_total", "_bucket", "_sum", "_count")
+
+
+def herald_names(text):
+    return set(re.findall(r"(?<![\w:])herald_\w+", text))
+
+
+def unknown_metrics(exprs, metrics):
+    """herald_* names in the expressions that are no series of an exported metric."""
+    bad = set()
+    for n in set().union(*[herald_names(e) for e in exprs]) if exprs else set():
+        if n not in metrics and not any(n.endswith(x) and n[:-len(x)] in metrics for x in SERIES_SUFFIXES):
+            bad.add(n)
+    return sorted(bad)
+
+
+def dashboard_exprs(dash):
+    """Every PromQL text of a dashboard: panel targets and template-variable queries."""
+    out = []
+    def walk(panels):
+        for p in panels:
+            out.extend(t["expr"] for t in p.get("targets", []) if t.get("expr"))
+            walk(p.get("panels", []))
+    walk(dash.get("panels", []))
+    for v in dash.get("templating", {}).get("list", []):
+        q = v.get("query")
+        if v.get("type") == "query":
+            out.append(q.get("query", "") if isinstance(q, dict) else str(q))
+    return out
+
+
+def check_dashboard(r, what, dash, metrics):
+    """A standard Grafana dashboard model fed by a Prometheus data-source variable."""
+    tvars = dash.get("templating", {}).get("list", [])
+    ds = [v for v in tvars if v.get("type") == "datasource" and v.get("query") == "prometheus"]
+    r.check(bool(dash.get("uid")) and bool(dash.get("title")) and isinstance(dash.get("schemaVersion"), int)
+            and "__inputs" not in dash,
+            "%s: dashboard model with uid %r, schemaVersion %s, no __inputs (loadable by the sidecar)"
+            % (what, dash.get("uid"), dash.get("schemaVersion")))
+    if not r.check(len(ds) == 1, "%s: one Prometheus data-source variable" % what):
+        return
+    ref = "${%s}" % ds[0]["name"]
+    panels = [p for p in dash.get("panels", []) if p.get("type") != "row"]
+    uses = [p.get("datasource") for p in panels] + [t.get("datasource") for p in panels for t in p.get("targets", [])]
+    uses += [v.get("datasource") for v in tvars if v.get("type") == "query"]
+    r.check(bool(panels) and all(isinstance(u, dict) and u.get("type") == "prometheus" and u.get("uid") == ref for u in uses),
+            "%s: every panel, target and query variable uses the data source %s" % (what, ref))
+    ids = [p.get("id") for p in dash.get("panels", [])]
+    r.check(len(ids) == len(set(ids)) and all(isinstance(i, int) for i in ids), "%s: panel ids are unique" % what)
+    empty = [p.get("title") for p in panels if not any(t.get("expr") for t in p.get("targets", []))]
+    r.check(not empty, "%s: every panel has a query%s" % (what, (": not " + ", ".join(empty)) if empty else ""))
+    bad = unknown_metrics(dashboard_exprs(dash), metrics)
+    r.check(not bad, "%s: every herald_* name in the queries is exported by the source%s"
+            % (what, (": unknown " + ", ".join(bad)) if bad else ""))
+
+
+def check_rules(r, what, rules_doc, metrics):
+    """A Prometheus rules file (the `groups:` of a rule_files entry or a PrometheusRule spec)."""
+    groups = (rules_doc or {}).get("groups") or []
+    rules = [x for g in groups for x in g.get("rules", [])]
+    alerts = [x for x in rules if "alert" in x]
+    r.check(bool(alerts) and len(alerts) == len(rules), "%s: %d alerting rules in %d groups" % (what, len(alerts), len(groups)))
+    names = [a["alert"] for a in alerts]
+    r.check(len(names) == len(set(names)), "%s: alert names are unique" % what)
+    incomplete = [a.get("alert") for a in alerts if not (a.get("expr") and a.get("labels", {}).get("severity")
+                                                         and a.get("annotations", {}).get("summary"))]
+    r.check(not incomplete, "%s: every alert has expr, severity and summary%s"
+            % (what, (": not " + ", ".join(incomplete)) if incomplete else ""))
+    bad = unknown_metrics([a.get("expr", "") for a in alerts], metrics)
+    r.check(not bad, "%s: every herald_* name in the alert expressions is exported by the source%s"
+            % (what, (": unknown " + ", ".join(bad)) if bad else ""))
+
+
+def check_monitoring(r, ctx, renders):
+    print("monitoring material (k8s/monitoring)")
+    boards = [(n, cm) for n, docs in renders.items() for cm in find(docs, "ConfigMap")
+              if cm["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+    r.check(len(boards) == 1, "one ConfigMap labelled grafana_dashboard=\"1\" (%s)"
+            % ", ".join("%s in %s" % (cm["metadata"]["name"], n) for n, cm in boards))
+    for n, cm in boards:
+        data = cm.get("data", {})
+        if r.check(len(data) == 1 and next(iter(data)).endswith(".json"), "%s: %s holds one *.json file" % (n, cm["metadata"]["name"])):
+            try:
+                dash = json.loads(next(iter(data.values())))
+            except ValueError as e:
+                r.check(False, "%s: dashboard JSON parses (%s)" % (n, e))
+                continue
+            check_dashboard(r, "%s/%s" % (n, cm["metadata"]["name"]), dash, ctx["metrics"])
+    rule_maps = [(n, cm, k, v) for n, docs in renders.items() for cm in find(docs, "ConfigMap")
+                 for k, v in cm.get("data", {}).items() if k.endswith((".yaml", ".yml")) and "groups:" in v]
+    r.check(len(rule_maps) == 1, "one ConfigMap carries the Prometheus rules (%s)"
+            % ", ".join("%s in %s" % (cm["metadata"]["name"], n) for n, cm, _, _ in rule_maps))
+    for n, cm, k, v in rule_maps:
+        check_rules(r, "%s/%s %s" % (n, cm["metadata"]["name"], k), yaml.safe_load(v), ctx["metrics"])
+    with open(os.path.join(ctx["root"], "k8s", "monitoring", "alerts.yaml")) as f:
+        r.check(any(v == f.read() for _, _, _, v in rule_maps), "the rules ConfigMap holds k8s/monitoring/alerts.yaml as it is")
+
+
 def check_render(r, name, docs, ctx, deployable):
     check_herald(r, name, docs, ctx, deployable)
     check_nats(r, name, docs)
@@ -467,8 +619,15 @@ def self_test(r, ctx, renders):
         ("grace period shorter than drain + preStop", lambda d: dep_spec(d).update(terminationGracePeriodSeconds=20)),
         ("readiness probe on a path with no route", lambda d: herald(d)["readinessProbe"]["httpGet"].update(path="/ready")),
         ("containerPort differing from HERALD_LISTEN", lambda d: herald(d)["ports"][0].update(containerPort=9090)),
-        ("JWT secret as a plain value", lambda d: herald(d)["env"].append({"name": "HERALD_JWT_SECRET", "value": "x"})
-         or herald(d)["env"].remove(next(e for e in herald(d)["env"] if e["name"] == "HERALD_JWT_SECRET"))),
+        ("JWT secret as a plain value", lambda d: herald(d)["env"].append({"name": "HERALD_JWT_SECRET", "value": "x"})),
+        ("API key as a secretKeyRef variable", lambda d: herald(d)["env"].append(
+            {"name": "HERALD_API_KEY", "valueFrom": {"secretKeyRef": {"name": "herald-secrets", "key": "api-key"}}})),
+        ("API key file outside the Secret mount", lambda d: next(e for e in herald(d)["env"] if e["name"] == "HERALD_API_KEY_FILE")
+         .update(value="/tmp/api-key")),
+        ("Secret volume mounted read-write", lambda d: next(m for m in herald(d)["volumeMounts"] if m["mountPath"] == "/etc/herald/secrets")
+         .pop("readOnly")),
+        ("Secret files mode 0644", lambda d: next(v for v in dep_spec(d)["volumes"] if "secret" in v)["secret"].update(defaultMode=0o644)),
+        ("no fsGroup, so uid 10001 cannot read its 0400 key files", lambda d: dep_spec(d)["securityContext"].pop("fsGroup")),
         ("writable root filesystem", lambda d: herald(d)["securityContext"].update(readOnlyRootFilesystem=False)),
         ("NATS route missing", lambda d: nats_conf(d, lambda t: t.replace("nats://nats-2.nats-headless:6222", ""))),
         ("NATS lame duck longer than its grace period", lambda d: nats_conf(d, lambda t: t.replace("lame_duck_duration: 30s", "lame_duck_duration: 2m"))),
@@ -476,6 +635,15 @@ def self_test(r, ctx, renders):
     print("self-test of the project checks (each seeded mistake must be caught)")
     for what, fn in seeds:
         r.check(bool(mutated(fn)), "catches: %s" % what)
+    r.check(unknown_metrics(["sum(rate(herald_conections_total[5m]))", "herald_delivery_latency_seconds_sum"], ctx["metrics"])
+            == ["herald_conections_total"], "catches: misspelt metric herald_conections_total (and accepts a histogram _sum)")
+    bad_dash = {"uid": "x", "title": "x", "schemaVersion": 39,
+                "templating": {"list": [{"type": "datasource", "name": "ds", "query": "prometheus"}]},
+                "panels": [{"id": 1, "type": "timeseries", "title": "p", "datasource": {"type": "prometheus", "uid": "prom-1"},
+                            "targets": [{"expr": "herald_connections", "datasource": {"type": "prometheus", "uid": "prom-1"}}]}]}
+    q = Report(quiet=True)
+    check_dashboard(q, "seeded", bad_dash, ctx["metrics"])
+    r.check(bool(q.failures), "catches: a dashboard panel on a fixed data source instead of the variable")
     r.check(bool(env_names_in("HERALD_LISTN=0.0.0.0:8080") - ctx["env_names"]), "catches: misspelt env name HERALD_LISTN")
 
 
@@ -547,6 +715,7 @@ def main():
         print("rendered %s (%d objects)" % (name, len(docs)))
         check_render(r, name, docs, ctx, name in deployable)
     check_repo(r, ctx, renders, examples)
+    check_monitoring(r, ctx, renders)
     if "prod" in renders:
         self_test(r, ctx, renders)
 
