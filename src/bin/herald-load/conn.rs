@@ -118,19 +118,18 @@ pub fn target(c: &Common, i: usize) -> (SocketAddr, Ipv4Addr, String) {
     )
 }
 
-/// Open connection `i` and spawn its reader. Returns a handle that closes it when dropped.
-pub async fn open(
-    c: &Common,
-    i: usize,
-    user: &str,
-    shared: Arc<Shared>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Connect as connection `i` (its source address and hub) for `user`, with `since` as the
+/// resume cursor when given. Returns once the handshake is done.
+pub async fn connect(c: &Common, i: usize, user: &str, since: Option<&str>) -> anyhow::Result<Ws> {
     let (hub, src, _) = target(c, i);
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(src.into(), 0))?;
     let stream = socket.connect(hub).await?;
     stream.set_nodelay(true)?;
     let mut url = format!("ws://{hub}/websocket/{user}");
+    let mut sep = '?';
     if let Some(secret) = &c.jwt_secret {
         let claims = herald::auth::Claims {
             sub: user.to_string(),
@@ -139,16 +138,35 @@ pub async fn open(
             topics: None,
         };
         let token = herald::auth::sign(&claims, Some(secret), None).map_err(anyhow::Error::msg)?;
-        url.push_str("?token=");
+        url.push(sep);
+        url.push_str("token=");
         url.push_str(&token);
+        sep = '&';
+    }
+    if let Some(since) = since {
+        // Cursors are `<hex>-<digits>`: nothing to escape.
+        url.push(sep);
+        url.push_str("since=");
+        url.push_str(since);
     }
     // Small buffers: the loader holds thousands of mostly idle connections (the library's
     // defaults reserve 128 KiB each).
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let (mut ws, _) =
+    let (ws, _) =
         tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config)).await?;
+    Ok(ws)
+}
+
+/// Open connection `i` and spawn its reader. Returns a handle that closes it when dropped.
+pub async fn open(
+    c: &Common,
+    i: usize,
+    user: &str,
+    shared: Arc<Shared>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut ws = connect(c, i, user, None).await?;
     let read_delay = Duration::from_millis(c.read_delay_ms);
     Ok(tokio::spawn(async move {
         while let Some(Ok(msg)) = ws.next().await {

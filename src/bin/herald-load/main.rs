@@ -3,7 +3,9 @@
 //! Scenarios: `idle` (hold N connections, report connect rate and herald's RSS per
 //! connection), `broadcast` (M broadcasts via NATS to N connections: deliveries/s and
 //! latency), `addressed` (R messages/s via NATS to random users: latency and loss) and
-//! `storm` (N clients connect at once: time until all are welcomed). Each run prints a
+//! `storm` (N clients connect at once: time until all are welcomed) and `replay` (durable
+//! mode: M messages stored for one user, then reconnects with `since=` timed until the
+//! last replayed message has arrived). Each run prints a
 //! human summary and one JSON line with every figure. `--read-delay-ms` turns every client
 //! into a slow reader (for herald's outbound bound: `idle` holds them while another tool
 //! publishes).
@@ -49,6 +51,9 @@ pub struct Common {
     /// herald process ids whose RSS to report; repeatable.
     #[arg(long = "herald-pid", global = true)]
     pub herald_pids: Vec<u32>,
+    /// nats-server process ids whose CPU to report beside herald's; repeatable.
+    #[arg(long = "nats-pid", global = true)]
+    pub nats_pids: Vec<u32>,
     /// Handshakes in flight at once (not for `storm`).
     #[arg(long, default_value_t = 256, global = true)]
     pub concurrency: usize,
@@ -109,6 +114,18 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         connections: usize,
     },
+    /// Durable mode: M messages published through JetStream to one user, then R reconnects
+    /// with `since=` the cursor before them, each timed until the M-th replayed message.
+    Replay {
+        #[arg(long, default_value_t = 1000)]
+        messages: usize,
+        /// Timed reconnects (all from the same cursor).
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        /// Size of each message's JSON payload in bytes (padded).
+        #[arg(long, default_value_t = 200)]
+        payload_bytes: usize,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -139,6 +156,11 @@ fn main() -> std::process::ExitCode {
                 duration,
             } => scenarios::addressed(&c, users, rate, duration).await,
             Scenario::Storm { connections } => scenarios::storm(&c, connections).await,
+            Scenario::Replay {
+                messages,
+                repeat,
+                payload_bytes,
+            } => scenarios::replay(&c, messages, repeat, payload_bytes).await,
         }
     });
     match result {
