@@ -12,7 +12,8 @@
 //! - [`bus`]: the `Bus` seam and its engines (`memory`, `nats`); [`durable`]: the JetStream
 //!   stream of durable mode, cursors, replays and history.
 //! - [`cluster`]: cluster-wide presence, stats and disconnect; [`pods`]: live pod table.
-//! - [`auth`]: token extraction and JWT verification; [`ids`]: validated ids.
+//! - [`auth`]: token extraction and JWT verification; [`ids`]: validated ids;
+//!   [`percent`]: percent-decoding of query strings and NATS URL user info.
 //! - [`message`]: a published message and its frame, encoded once; [`dedup`]: recent
 //!   message ids, so a re-published `Nats-Msg-Id` is delivered once.
 //! - [`http`]: routes and handlers, and the upgrade hook that hands sockets to sessions;
@@ -35,6 +36,7 @@ pub mod ids;
 pub mod message;
 pub mod metrics;
 pub mod origin;
+pub mod percent;
 pub mod pods;
 pub mod registry;
 pub mod server;

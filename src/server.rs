@@ -299,7 +299,7 @@ async fn watch_stream(durable: Arc<Durable>, bus: Arc<dyn Bus>, subscriber: Addr
         let changed = match durable.current_epoch().await {
             Ok(epoch) if epoch == durable.epoch() => false,
             Ok(_) | Err(DurableError::NoStream(_)) => match durable.ensure().await {
-                Ok(_) => {
+                Ok(()) => {
                     tracing::warn!(stream = durable.stream(), "the durable stream was re-created: cursors of the old one no longer resume");
                     true
                 }

@@ -28,6 +28,20 @@ use crate::message::{encode_frame, new_message_id, Delivery, Target};
 use crate::pods::PodTable;
 use crate::registry::{Deliver, Kick, LocalPresence, LocalStats, Registry, TakeoverNoted};
 
+/// The device a user message is for, from its `Herald-Device`: `Some(None)` for every
+/// session of the user, `None` for nobody (a device no session can have must not fall back
+/// to everyone).
+fn device_target(subject: &str, header: Option<&str>) -> Option<Option<DeviceId>> {
+    match header.map(DeviceId::parse) {
+        None => Some(None),
+        Some(Ok(d)) => Some(Some(d)),
+        Some(Err(_)) => {
+            tracing::debug!(subject = %subject, "dropping message with an invalid Herald-Device");
+            None
+        }
+    }
+}
+
 /// Queue group of the presence request/reply subject: one pod answers for the cluster.
 const PRESENCE_QUEUE: &str = "herald-presence";
 
@@ -197,15 +211,16 @@ impl Subscriber {
         self.durable.is_some() && self.subjects.live_user_of(subject).is_some()
     }
 
+    /// The stream and the user of a durable live subject (None outside durable mode).
+    fn live_feed_of(&self, subject: &str) -> Option<(Arc<Durable>, UserId)> {
+        let user = self.subjects.live_user_of(subject)?;
+        Some((self.durable.clone()?, UserId::parse(user).ok()?))
+    }
+
     /// Learn the newest kept sequence of the feed's user, so the feed knows where live
     /// delivery starts (and sessions where their replay ends).
     fn fetch_baseline(&mut self, subject: String, ctx: &mut Context<Self>) {
-        let (Some(durable), Some(user)) = (
-            self.durable.clone(),
-            self.subjects
-                .live_user_of(&subject)
-                .and_then(|u| UserId::parse(u).ok()),
-        ) else {
+        let Some((durable, user)) = self.live_feed_of(&subject) else {
             return;
         };
         ctx.spawn(
@@ -250,22 +265,16 @@ impl Subscriber {
     /// Read the feed's user's kept messages after `after` (up to `upto`) and hand them to
     /// the feed, retrying while the stream cannot be read.
     fn fill(&mut self, subject: String, after: u64, upto: Option<u64>, ctx: &mut Context<Self>) {
-        let (Some(durable), Some(user)) = (
-            self.durable.clone(),
-            self.subjects
-                .live_user_of(&subject)
-                .and_then(|u| UserId::parse(u).ok()),
-        ) else {
+        let Some((durable, user)) = self.live_feed_of(&subject) else {
             return;
         };
         tracing::debug!(subject = %subject, after, ?upto, "filling a gap from the stream");
-        let reader = durable.clone();
         ctx.spawn(
             async move {
                 let mut all = Vec::new();
                 let mut from = after;
                 loop {
-                    let read = reader
+                    let read = durable
                         .read(&user, from, upto, Audience::All, FILL_CHUNK)
                         .await?;
                     if let Some(last) = read.messages.last() {
@@ -289,11 +298,7 @@ impl Subscriber {
                     let messages = stored
                         .into_iter()
                         .map(|s| {
-                            let device = match s.device.as_deref().map(DeviceId::parse) {
-                                None => Some(None),
-                                Some(Ok(d)) => Some(Some(d)),
-                                Some(Err(_)) => None,
-                            };
+                            let device = device_target(&subject, s.device.as_deref());
                             let delivery = device.map(|device| Delivery {
                                 target: Target::User {
                                     user: user.clone(),
@@ -329,12 +334,7 @@ impl Subscriber {
     /// A republished message of durable mode: put in order by the user's feed.
     fn on_live(&mut self, msg: BusMessage, ctx: &mut Context<Self>) {
         let received_at = Instant::now();
-        let (Some(durable), Some(user)) = (
-            self.durable.clone(),
-            self.subjects
-                .live_user_of(&msg.subject)
-                .and_then(|u| UserId::parse(u).ok()),
-        ) else {
+        let Some((durable, user)) = self.live_feed_of(&msg.subject) else {
             return;
         };
         let Some(seq) = msg
@@ -348,15 +348,8 @@ impl Subscriber {
             .header(HEADER_LAST_SEQUENCE)
             .and_then(|s| s.parse::<u64>().ok())
             .unwrap_or(0);
-        let device = match msg.header(HEADER_DEVICE).map(DeviceId::parse) {
-            None => Some(None),
-            Some(Ok(d)) => Some(Some(d)),
-            Some(Err(_)) => {
-                // Kept, but for a device no session can have: nobody gets it.
-                tracing::debug!(subject = %msg.subject, "dropping message with an invalid Herald-Device");
-                None
-            }
-        };
+        // Kept in order even when its device is invalid; it is then delivered to nobody.
+        let device = device_target(&msg.subject, msg.header(HEADER_DEVICE));
         let stored = durable.stored(
             seq,
             msg.header(HEADER_MSG_ID),
@@ -392,16 +385,8 @@ impl Subscriber {
             let Ok(user) = UserId::parse(user) else {
                 return;
             };
-            let device = match msg.header(HEADER_DEVICE) {
-                None => None,
-                Some(d) => match DeviceId::parse(d) {
-                    Ok(d) => Some(d),
-                    Err(_) => {
-                        // A device no session can have: deliver to nobody, not to everyone.
-                        tracing::debug!(subject = %msg.subject, "dropping message with an invalid Herald-Device");
-                        return;
-                    }
-                },
+            let Some(device) = device_target(&msg.subject, msg.header(HEADER_DEVICE)) else {
+                return;
             };
             Target::User { user, device }
         } else if msg.subject == subjects.broadcast() {

@@ -79,25 +79,6 @@ pub fn redact_urls(urls: &[String]) -> String {
         .join(",")
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Parse the NATS URLs: the server addresses without user info, and the credentials the
 /// URLs carried (one URL may carry them for all; URLs that carry different ones are an
 /// error). Errors show the URLs redacted.
@@ -112,10 +93,10 @@ pub fn parse_urls(
             u.parse().map_err(|e| format!("NATS URL {shown}: {e}"))?;
         let found = match (addr.username(), addr.password()) {
             (Some(user), Some(password)) => Some(UrlCredentials::UserPassword {
-                user: percent_decode(user),
-                password: percent_decode(password),
+                user: crate::percent::decode(user),
+                password: crate::percent::decode(password),
             }),
-            (Some(token), None) => Some(UrlCredentials::Token(percent_decode(token))),
+            (Some(token), None) => Some(UrlCredentials::Token(crate::percent::decode(token))),
             (None, Some(_)) => {
                 return Err(format!(
                     "NATS URL {shown}: a password needs a user name (nats://user:pass@host)"
@@ -290,7 +271,7 @@ impl NatsBus {
     }
 }
 
-fn to_header_map(headers: &[(String, String)]) -> Option<async_nats::HeaderMap> {
+pub(crate) fn to_header_map(headers: &[(String, String)]) -> Option<async_nats::HeaderMap> {
     if headers.is_empty() {
         return None;
     }

@@ -165,9 +165,8 @@ impl Durable {
         }
     }
 
-    /// Create or update the stream; returns its epoch (and remembers it). Returns whether
-    /// the epoch changed.
-    pub async fn ensure(&self) -> Result<bool, DurableError> {
+    /// Create or update the stream, and remember its epoch.
+    pub async fn ensure(&self) -> Result<(), DurableError> {
         let wanted = self.wanted();
         let info = match self.js.get_stream(&self.stream).await {
             Ok(mut s) => {
@@ -196,9 +195,8 @@ impl Durable {
             },
             Err(e) => return Err(unavailable_or(e)),
         };
-        let epoch = epoch_of(&info);
-        let before = self.epoch.swap(epoch, Ordering::AcqRel);
-        Ok(before != 0 && before != epoch)
+        self.epoch.store(epoch_of(&info), Ordering::Release);
+        Ok(())
     }
 
     /// A create that failed: JetStream missing, or the server refusing the settings.
@@ -217,11 +215,7 @@ impl Durable {
 
     /// The stream's epoch as the server sees it now, without creating anything.
     pub async fn current_epoch(&self) -> Result<u64, DurableError> {
-        match self.js.get_stream(&self.stream).await {
-            Ok(mut s) => Ok(epoch_of(s.info().await.map_err(request)?)),
-            Err(e) if is_not_found(&e) => Err(DurableError::NoStream(self.stream.clone())),
-            Err(e) => Err(request(e)),
-        }
+        Ok(self.state().await?.0)
     }
 
     /// The stream's epoch and state as the server sees them now.
@@ -373,19 +367,25 @@ impl Durable {
         headers: &[(String, String)],
         payload: Bytes,
     ) -> Result<u64, DurableError> {
-        let mut map = async_nats::HeaderMap::new();
-        for (k, v) in headers {
-            map.insert(k.as_str(), v.as_str());
-        }
-        let ack = self
-            .js
-            .publish_with_headers(subject, map, payload)
-            .await
-            .map_err(request)?
-            .await
-            .map_err(request)?;
-        Ok(ack.sequence)
+        js_publish(&self.js, subject, headers, payload).await
     }
+}
+
+/// A JetStream publish, waited for until the stream stored it; returns its sequence.
+async fn js_publish(
+    js: &jetstream::Context,
+    subject: String,
+    headers: &[(String, String)],
+    payload: Bytes,
+) -> Result<u64, DurableError> {
+    let headers = crate::bus::nats::to_header_map(headers).unwrap_or_default();
+    let ack = js
+        .publish_with_headers(subject, headers, payload)
+        .await
+        .map_err(request)?
+        .await
+        .map_err(request)?;
+    Ok(ack.sequence)
 }
 
 /// For `herald publish --durable`: publish one user message through JetStream to an
@@ -408,21 +408,8 @@ pub async fn publish_once(
         }
     })?;
     let epoch = epoch_of(s.info().await.map_err(request)?);
-    let mut map = async_nats::HeaderMap::new();
-    for (k, v) in headers {
-        map.insert(k.as_str(), v.as_str());
-    }
-    let ack = js
-        .publish_with_headers(subject, map, payload)
-        .await
-        .map_err(request)?
-        .await
-        .map_err(request)?;
-    Ok(Cursor {
-        epoch,
-        seq: ack.sequence,
-    }
-    .to_string())
+    let seq = js_publish(&js, subject, headers, payload).await?;
+    Ok(Cursor { epoch, seq }.to_string())
 }
 
 fn epoch_of(info: &stream::Info) -> u64 {

@@ -52,10 +52,7 @@ impl OutQueue {
             }
         }
         self.buf.advance(n);
-        if self.buf.is_empty() && self.buf.capacity() > 1024 {
-            // Idle sessions hold no buffer.
-            self.buf = BytesMut::new();
-        }
+        super::release_if_empty(&mut self.buf);
     }
 
     /// Drop every frame not started yet; returns how many bytes were dropped.

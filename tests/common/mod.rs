@@ -484,23 +484,7 @@ impl Nats {
             args.push("--routes".into());
             args.push(r.join(","));
         }
-        let bin = nats_server_bin();
-        let child = Command::new(&bin)
-            .args(&args)
-            .current_dir(&dir.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("{bin} does not start ({e}): install the nats-server package")
-            });
-        let nats = Nats {
-            child,
-            port,
-            monitor_port,
-            cluster_port,
-            _dir: dir,
-        };
+        let nats = Self::launch(port, monitor_port, cluster_port, args, dir);
         nats.wait_up().await;
         nats
     }

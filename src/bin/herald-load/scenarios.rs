@@ -560,6 +560,19 @@ fn min_median_max(v: &[f64]) -> (f64, f64, f64) {
     (round(s[0]), round(s[s.len() / 2]), round(s[s.len() - 1]))
 }
 
+/// Report samples as `<key>_median` (a figure, described by `what` followed by the
+/// spread) and `<key>_min` / `<key>_max`.
+fn report_spread(r: &mut Report, key: &str, samples: &[f64], what: &str) {
+    let (lo, med, hi) = min_median_max(samples);
+    r.figure(
+        &format!("{key}_median"),
+        med,
+        format!("{what}: min {lo} ms, median {med} ms, max {hi} ms"),
+    );
+    r.value(&format!("{key}_min"), lo);
+    r.value(&format!("{key}_max"), hi);
+}
+
 /// Durable mode: `messages` messages stored for one user (JetStream publish, acks
 /// awaited), the cursor of the message before them taken from a live session, then
 /// `repeat` reconnects with `since=` that cursor, each timed from the TCP connect until
@@ -648,14 +661,12 @@ pub async fn replay(
     );
     r.value("payload_bytes", frame_bytes);
     r.value("repeat", repeat);
-    let (lo, med, hi) = min_median_max(&whole);
-    r.figure(
-        "replay_ms_median",
-        med,
-        format!("connect with since= to the {messages}th replayed message: min {lo} ms, median {med} ms, max {hi} ms"),
+    report_spread(
+        &mut r,
+        "replay_ms",
+        &whole,
+        &format!("connect with since= to the {messages}th replayed message"),
     );
-    r.value("replay_ms_min", lo);
-    r.value("replay_ms_max", hi);
     r.value(
         "replay_ms",
         whole
@@ -663,22 +674,18 @@ pub async fn replay(
             .map(|x| (x * 1000.0).round() / 1000.0)
             .collect::<Vec<_>>(),
     );
-    let (lo, med, hi) = min_median_max(&welcome);
-    r.figure(
-        "welcome_ms_median",
-        med,
-        format!("of which to the welcome (recovered:true, replayed:{messages}): min {lo} ms, median {med} ms, max {hi} ms"),
+    report_spread(
+        &mut r,
+        "welcome_ms",
+        &welcome,
+        &format!("of which to the welcome (recovered:true, replayed:{messages})"),
     );
-    r.value("welcome_ms_min", lo);
-    r.value("welcome_ms_max", hi);
-    let (lo, med, hi) = min_median_max(&empty);
-    r.figure(
-        "empty_resume_ms_median",
-        med,
-        format!("resume with nothing to replay (cursor of the last message, replayed:0): min {lo} ms, median {med} ms, max {hi} ms"),
+    report_spread(
+        &mut r,
+        "empty_resume_ms",
+        &empty,
+        "resume with nothing to replay (cursor of the last message, replayed:0)",
     );
-    r.value("empty_resume_ms_min", lo);
-    r.value("empty_resume_ms_max", hi);
     let replayed = (repeat * messages.max(1)) as f64;
     for (process, before, after) in [
         ("herald", cpu_before, cpu_after),
