@@ -1,6 +1,8 @@
 // Herald client: a single dependency-free ES module for browsers and Node 20+.
 // The server embeds this exact file (the demo loads it from /demo/herald.js), so it
 // must stay one file with no imports. Wire format: docs/protocol.md, section 1.
+// Transports: a WebSocket, or Server-Sent Events (an EventSource for the server's frames,
+// one fetch POST per client frame) when WebSocket is missing or keeps failing to open.
 
 // Close codes after which reconnecting cannot help: normal close, a policy or size
 // violation (the same frames would be refused again), a newer session took over this
@@ -11,7 +13,11 @@ const NO_RECONNECT = new Set([1000, 1008, 1009, 4001, 4004]);
 // answers frames in order, so the oldest unanswered subscribe is the one refused.
 const SUBSCRIBE_ERRORS = new Set(['forbidden', 'bad_topic', 'too_many_topics']);
 
-const OPEN = 1; // WebSocket.OPEN; not read from the constructor, fakes may lack it
+const CONNECTING = 0, OPEN = 1, CLOSED = 3; // WebSocket readyState values; not read from the constructor, fakes may lack them
+
+const TRANSPORTS = ['websocket', 'sse'];
+// Server frame types, each one SSE event name on the stream (`close` is handled apart).
+const STREAM_FRAMES = ['welcome', 'message', 'pong', 'error', 'subscribed', 'refreshed'];
 
 // Token refresh (docs/protocol.md §1, `refresh`): ask for a new token this long before the
 // current one expires at the least, or a tenth of its lifetime when that is longer; never
@@ -36,12 +42,32 @@ export class HeraldClient {
     this._storage = pickStorage(options.cursorStorage);
     this._cursorKey = options.cursorKey || `herald.cursor.${options.user}`;
 
-    this._base = options.url.replace(/\/+$/, '').replace(/^http/, 'ws'); // http->ws, https->wss
+    const url = options.url.replace(/\/+$/, '');
+    this._base = url.replace(/^http/, 'ws');       // http->ws, https->wss
+    this._httpBase = url.replace(/^ws/, 'http');   // ws->http, wss->https: for SSE
     this._tokenOption = options.token;
-    this._WebSocket = options.WebSocket || globalThis.WebSocket;
-    if (!this._WebSocket) {
-      throw new TypeError('HeraldClient: no global WebSocket here (Node < 22): pass options.WebSocket');
+    // Transports. null means none (also when a global exists); undefined, the global one.
+    const transports = options.transports ?? TRANSPORTS;
+    if (!Array.isArray(transports) || !transports.length || transports.some((t) => !TRANSPORTS.includes(t))) {
+      throw new TypeError("HeraldClient: options.transports must list 'websocket' and/or 'sse'");
     }
+    this._WebSocket = options.WebSocket === null ? null : options.WebSocket || globalThis.WebSocket;
+    this._EventSource = options.EventSource === null ? null : options.EventSource || globalThis.EventSource;
+    const fetchFn = options.fetch === null ? null : options.fetch || globalThis.fetch;
+    // Called on globalThis: a browser's fetch throws "Illegal invocation" on another `this`.
+    this._fetch = typeof fetchFn === 'function' ? (u, init) => fetchFn.call(globalThis, u, init) : null;
+    this._canWs = transports.includes('websocket') && !!this._WebSocket;
+    this._canSse = transports.includes('sse') && !!this._EventSource && !!this._fetch;
+    if (!this._canWs && !this._canSse) {
+      throw new TypeError(transports.includes('websocket')
+        ? 'HeraldClient: no global WebSocket here (Node < 22): pass options.WebSocket'
+          + (transports.includes('sse') ? ' (or EventSource and fetch, for Server-Sent Events)' : '')
+        : 'HeraldClient: no EventSource or fetch here: pass options.EventSource and options.fetch');
+    }
+    // Fall back to SSE after this many WebSocket attempts in a row that did not open.
+    this._fallbackAfter = Math.max(1, Math.floor(options.fallbackAfter ?? 2));
+    // On SSE after a fallback, try WebSocket again this long after the last try (0: never).
+    this._retryWsMs = options.retryWebSocketMs ?? 60000;
     this._backoff = { initialMs: 500, maxMs: 30000, ...options.backoff };
     this._pingMs = options.pingIntervalMs ?? 20000;
     this._restartMs = options.restartDelayMs ?? 3000;
@@ -59,8 +85,14 @@ export class HeraldClient {
     this._topics = new Map();    // topic -> { confirmed, waiters: [{resolve, reject}] }
     this._inflight = [];         // topics subscribed on the current socket, awaiting a reply
     this._state = 'idle';
-    this._ws = null;
+    this._ws = null;             // the current connection: a WebSocket, or an SseSocket
     this._opened = false;        // did the current socket ever open?
+    this._transport = this._canWs ? 'websocket' : 'sse'; // of the current or next attempt
+    this._wsFailures = 0;        // WebSocket attempts in a row that never opened
+    this._wsTriedAt = 0;         // when WebSocket was last tried (ms), while on SSE after a fallback
+    this._probe = null;          // on SSE: a WebSocket being tried alongside, {ws, token, seen}
+    this._deferredClose = null;  // a 4001 of the SSE stream while a probe may have caused it
+    this._seenIds = null;        // ids delivered over SSE while the adopted probe connected
     this._token = undefined;     // cached result of a token function
     this._tokenAt = 0;           // when it was obtained (ms), for its lifetime without iat
     this._socketToken = undefined; // the token the current socket was opened with
@@ -70,11 +102,16 @@ export class HeraldClient {
     this._gen = 0;               // bumps on every attempt/close; stale async work checks it
     this._stopped = true;
     this._awaitingPong = false;
-    this._timers = { reconnect: null, ping: null, connect: null, refresh: null, refreshAnswer: null };
+    this._timers = {
+      reconnect: null, ping: null, connect: null, refresh: null, refreshAnswer: null, probe: null, probeConnect: null,
+    };
   }
 
   /** "idle" before connect(), then "connecting", "open", "reconnecting" or "closed". */
   get state() { return this._state; }
+
+  /** "websocket" or "sse": the transport of the current connection (or of the next attempt). */
+  get transport() { return this._transport; }
 
   /** Subscribe to "message", "welcome", "state", "refreshed" or "error"; returns an
    *  unsubscribe function. */
@@ -143,6 +180,7 @@ export class HeraldClient {
 
   async _open(state) {
     const gen = ++this._gen;
+    this._transport = this._pickTransport();
     if (state) this._setState(state);
     let token;
     try {
@@ -155,19 +193,22 @@ export class HeraldClient {
     }
     if (gen !== this._gen) return; // close() or another attempt overtook this one
 
+    const sse = this._transport === 'sse';
     let ws;
     try {
-      ws = new this._WebSocket(this._url(token));
+      ws = sse ? this._openSse(token) : new this._WebSocket(this._url(token, 'websocket'));
     } catch (err) { // e.g. a malformed URL: retrying cannot fix it
-      this._emitError('transport', `cannot open WebSocket: ${err?.message || err}`, err);
+      const what = sse ? 'EventSource' : 'WebSocket';
+      this._emitError('transport', `cannot open ${what}: ${err?.message || err}`, err);
       this._stopped = true;
-      this._setState('closed', { code: 1006, reason: 'cannot open WebSocket' });
+      this._setState('closed', { code: 1006, reason: `cannot open ${what}` });
       return;
     }
     this._ws = ws;
     this._opened = false;
     this._socketToken = token;
     // Browsers can sit in CONNECTING for minutes on a black-holed network; give up sooner.
+    // (An SSE connection counts as open at its welcome: only then can frames be POSTed.)
     this._timers.connect = this._setTimeout(() => {
       this._timers.connect = null;
       if (ws === this._ws && !this._opened) this._drop('connect timeout');
@@ -178,14 +219,67 @@ export class HeraldClient {
       this._clearTimer('connect');
       this._opened = true;
       this._awaitingPong = false;
+      if (!sse) this._wsFailures = 0;
       this._setState('open');
       if (ws !== this._ws) return; // a state listener called close()
       for (const topic of this._topics.keys()) this._sendSubscribe(topic);
       this._schedulePing();
+      if (sse) this._scheduleProbe();
     };
+    this._wire(ws);
+  }
+
+  /** The handlers every connection has, whether it was opened or adopted (see _adopt). */
+  _wire(ws) {
+    const sse = ws instanceof SseSocket;
     ws.onmessage = (ev) => { if (ws === this._ws) this._onFrame(ev.data); };
-    ws.onerror = () => { if (ws === this._ws) this._emitError('transport', 'WebSocket error'); };
+    ws.onerror = (ev) => {
+      if (ws === this._ws) this._emitError('transport', sse ? ev?.message || 'EventSource error' : 'WebSocket error');
+    };
     ws.onclose = (ev) => { if (ws === this._ws) this._onClose(ev.code, ev.reason); };
+    if (sse) ws.onrefused = (frame, status, text) => { if (ws === this._ws) this._onRefused(frame, status, text); };
+  }
+
+  /** The transport of the next attempt: WebSocket unless it failed to open `fallbackAfter`
+   *  times in a row (then SSE, until `retryWebSocketMs` after the last WebSocket try). */
+  _pickTransport() {
+    if (!this._canSse) return 'websocket';
+    if (!this._canWs) return 'sse';
+    if (this._transport === 'sse') {
+      if (!this._retryWsDue()) return 'sse';
+      this._wsFailures = this._fallbackAfter - 1; // one more failure goes straight back to SSE
+      return 'websocket';
+    }
+    if (this._wsFailures < this._fallbackAfter) return 'websocket';
+    this._wsTriedAt = this._now();
+    return 'sse';
+  }
+
+  _retryWsDue() {
+    return this._retryWsEnabled() && this._now() - this._wsTriedAt >= this._retryWsMs;
+  }
+
+  _retryWsEnabled() {
+    return this._canWs && Number.isFinite(this._retryWsMs) && this._retryWsMs > 0;
+  }
+
+  _openSse(token) {
+    const user = encodeURIComponent(this.user);
+    return new SseSocket(this._url(token, 'sse'), {
+      EventSource: this._EventSource,
+      fetch: this._fetch,
+      // POST /sse/{user}/{session}, with the session's current token (it changes on refresh)
+      postUrl: (session) => {
+        const t = this._socketToken;
+        return `${this._httpBase}/sse/${user}/${encodeURIComponent(session)}${t ? `?token=${encodeURIComponent(t)}` : ''}`;
+      },
+      token: () => this._socketToken,
+      // Cookie auth (no token) needs the cookie sent cross-origin too.
+      withCredentials: !token,
+      timeoutMs: this._connectTimeoutMs,
+      setTimeout: this._setTimeout,
+      clearTimeout: this._clearTimeout,
+    });
   }
 
   async _getToken() {
@@ -198,19 +292,30 @@ export class HeraldClient {
     return this._token;
   }
 
-  _url(token) {
+  /** The WebSocket URL (ws(s)://…/websocket/{user}) or the SSE stream's (http(s)://…/sse/{user}). */
+  _url(token, transport) {
     const q = new URLSearchParams();
     if (token) q.set('token', token);
     if (this.device) q.set('device', this.device);
     const since = this._resumeCursor();
     if (since) q.set('since', since);
     const qs = q.toString();
-    return `${this._base}/websocket/${encodeURIComponent(this.user)}${qs ? `?${qs}` : ''}`;
+    const base = transport === 'sse' ? `${this._httpBase}/sse` : `${this._base}/websocket`;
+    return `${base}/${encodeURIComponent(this.user)}${qs ? `?${qs}` : ''}`;
   }
 
   _onClose(code, reason) {
     const opened = this._opened;
+    if (code === 4001 && this._probe && this._transport === 'sse') {
+      // The WebSocket being tried may be what replaced this stream (same device): wait for
+      // it. If it fails, this close is handled then (see _probeFailed).
+      silence(this._ws);
+      this._clearTimer('ping');
+      this._deferredClose = { code, reason };
+      return;
+    }
     this._detach();
+    if (this._transport === 'websocket' && !opened) this._wsFailures++;
     if (this._stopped) return;
     if (NO_RECONNECT.has(code)) {
       this._stopped = true;
@@ -249,22 +354,133 @@ export class HeraldClient {
   /** Abandon a socket that looks dead without waiting for its close handshake. */
   _drop(reason) {
     const ws = this._ws;
-    ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null; // its late events mean nothing now
+    silence(ws); // its late events mean nothing now
     try { ws.close(4000, reason); } catch { /* not open yet or already gone */ }
     this._emitError('transport', reason);
     this._onClose(1006, reason);
   }
 
   _detach() {
-    if (this._ws) {
-      this._ws.onopen = this._ws.onmessage = this._ws.onerror = this._ws.onclose = null;
+    if (this._ws) silence(this._ws);
+    if (this._probe) {
+      silence(this._probe.ws);
+      try { this._probe.ws.close(1000, 'not needed'); } catch { /* already gone */ }
+      this._probe = null;
     }
+    this._deferredClose = null;
+    this._seenIds = null;
     this._ws = null;
     this._opened = false;
     this._inflight = [];
     this._refreshing = null;
     for (const entry of this._topics.values()) entry.confirmed = false;
     for (const name of Object.keys(this._timers)) this._clearTimer(name);
+  }
+
+  // ---- SSE: refused POSTs, and trying WebSocket again ----
+
+  /** A POSTed frame was refused (not 202; a 404 ends the stream instead, see SseSocket):
+   *  report it, and settle what waited for the answer that will not come on the stream. */
+  _onRefused(frame, status, text) {
+    const code = status === 429 ? 'rate_limited'
+      : status === 400 || status === 413 ? 'bad_frame'
+        : status === 401 || status === 403 ? 'unauthorized' : 'transport';
+    const message = `POST of a ${frame?.type} frame refused: ${status}${text ? ` ${text}` : ''}`;
+    if (frame?.type === 'ping') this._awaitingPong = false; // the hub answered, just not with a pong
+    if (frame?.type === 'subscribe') {
+      const topic = frame.topic;
+      const i = this._inflight.indexOf(topic);
+      if (i >= 0) this._inflight.splice(i, 1);
+      const entry = this._topics.get(topic);
+      this._topics.delete(topic); // refused: do not resubscribe after reconnects
+      if (entry) rejectAll(entry, Object.assign(new Error(message), { code, topic, status }));
+      this._emit('error', { type: 'error', code, message, status, topic });
+      return;
+    }
+    this._emit('error', { type: 'error', code, message, status });
+    if (frame?.type === 'refresh' && this._refreshing?.token) this._refreshFailed('token refresh refused');
+  }
+
+  // While on SSE after a fallback, a WebSocket is opened alongside the stream every
+  // retryWebSocketMs. The stream stays in use until that socket's welcome (its session then
+  // receives everything), so switching loses nothing; a socket that fails is dropped quietly.
+
+  _scheduleProbe() {
+    this._clearTimer('probe');
+    if (!this._retryWsEnabled() || this._probe) return;
+    const delayMs = Math.max(0, this._wsTriedAt + this._retryWsMs - this._now());
+    this._timers.probe = this._setTimeout(() => {
+      this._timers.probe = null;
+      this._startProbe();
+    }, delayMs);
+  }
+
+  _startProbe() {
+    if (!this._ws || this._transport !== 'sse' || this._state !== 'open' || this._probe) return;
+    this._wsTriedAt = this._now();
+    const token = this._socketToken;
+    let ws;
+    try {
+      ws = new this._WebSocket(this._url(token, 'websocket'));
+    } catch {
+      this._scheduleProbe();
+      return;
+    }
+    // Ids of messages the stream delivers meanwhile: the socket may deliver them again
+    // (a replay after since=, or both sessions live for a moment).
+    this._probe = { ws, token, seen: new Set() };
+    this._timers.probeConnect = this._setTimeout(() => {
+      this._timers.probeConnect = null;
+      this._probeFailed();
+    }, this._connectTimeoutMs);
+    ws.onmessage = (ev) => { if (this._probe?.ws === ws) this._adopt(ev.data); };
+    ws.onclose = () => { if (this._probe?.ws === ws) this._probeFailed(); };
+  }
+
+  _probeFailed() {
+    const probe = this._probe;
+    if (!probe) return;
+    this._probe = null;
+    this._clearTimer('probeConnect');
+    silence(probe.ws);
+    try { probe.ws.close(1000, 'staying on SSE'); } catch { /* already gone */ }
+    this._wsTriedAt = this._now();
+    const deferred = this._deferredClose;
+    if (deferred) {
+      this._deferredClose = null;
+      this._onClose(deferred.code, deferred.reason);
+      return;
+    }
+    this._scheduleProbe();
+  }
+
+  /** The probe's first frame (its welcome) arrived: it becomes the connection. */
+  _adopt(raw) {
+    const { ws, token, seen } = this._probe;
+    this._probe = null;
+    this._deferredClose = null;
+    const sse = this._ws;
+    if (sse) {
+      silence(sse);
+      try { sse.close(1000, 'switched to WebSocket'); } catch { /* already gone */ }
+    }
+    for (const name of ['probeConnect', 'connect', 'ping', 'refreshAnswer']) this._clearTimer(name);
+    this._inflight = [];
+    this._refreshing = null;
+    for (const entry of this._topics.values()) entry.confirmed = false;
+    this._ws = ws;
+    this._transport = 'websocket';
+    this._wsFailures = 0;
+    this._opened = true;
+    this._awaitingPong = false;
+    this._socketToken = token;
+    this._seenIds = seen;
+    this._wire(ws);
+    this._setState('open', {}, true); // same state, another transport
+    if (ws !== this._ws) return;
+    for (const topic of this._topics.keys()) this._sendSubscribe(topic);
+    this._schedulePing();
+    this._onFrame(raw);
   }
 
   // ---- cursor ----
@@ -308,6 +524,11 @@ export class HeraldClient {
         this._onRefreshed(frame);
         break;
       case 'message':
+        if (typeof frame.id === 'string') {
+          // Switching from SSE to WebSocket: both may carry a message for a moment.
+          if (this._seenIds?.has(frame.id)) break;
+          this._probe?.seen.add(frame.id);
+        }
         this._emit('message', frame);
         // Only once the handlers have run: a page that dies inside one (tab closed, crash)
         // gets the message again on its next start rather than losing it.
@@ -435,7 +656,7 @@ export class HeraldClient {
     const ws = this._ws;
     if (!ws) return;
     this._token = undefined; // the reconnect asks the token function again
-    ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+    silence(ws);
     try { ws.close(4000, reason); } catch { /* already closing */ }
     this._onClose(4000, reason);
   }
@@ -489,7 +710,7 @@ export class HeraldClient {
   _setState(state, info = {}, always = false) {
     if (state === this._state && !always) return;
     this._state = state;
-    this._emit('state', state, info);
+    this._emit('state', state, { ...info, transport: this._transport });
   }
 
   _emitError(code, message, cause) {
@@ -507,6 +728,146 @@ export class HeraldClient {
       }
     }
   }
+}
+
+/**
+ * The SSE transport behind the WebSocket interface the client drives (readyState, send,
+ * close, onopen/onmessage/onerror/onclose): an EventSource on GET /sse/{user} carries the
+ * server's frames, one SSE event each, and every client frame is one fetch POST to
+ * /sse/{user}/{session}. It counts as open at the welcome (which names the session). The
+ * EventSource never reconnects by itself: any failure closes it and reports close 1006, so
+ * the client reconnects with its own backoff and since=. POSTs go one at a time, in order.
+ */
+class SseSocket {
+  constructor(url, options) {
+    this.url = url;
+    this.readyState = CONNECTING;
+    this.session = undefined;
+    this.onopen = this.onmessage = this.onerror = this.onclose = this.onrefused = null;
+    this._o = options;
+    this._queue = [];   // frames (JSON text) waiting for their POST
+    this._posting = false;
+    this._abort = null; // aborts the POST in flight
+    const es = new options.EventSource(url, options.withCredentials ? { withCredentials: true } : undefined);
+    this._es = es;
+    const frame = (ev) => this._frame(ev);
+    for (const type of STREAM_FRAMES) if (type !== 'error') es.addEventListener(type, frame);
+    es.addEventListener('close', (ev) => this._closeFrame(ev));
+    // "error" is the EventSource's own failure event and herald's error frame type alike:
+    // only the frame carries data.
+    es.addEventListener('error', (ev) => {
+      if (typeof ev?.data === 'string') this._frame(ev);
+      else this._fail(this.readyState === OPEN ? 'SSE stream ended' : 'SSE stream failed or refused');
+    });
+  }
+
+  send(text) {
+    if (this.readyState !== OPEN) throw new Error('send on an SSE connection that is not open');
+    this._queue.push(text);
+    if (!this._posting) this._pump();
+  }
+
+  /** Closes the stream and drops unsent frames; no event follows (as the client expects). */
+  close() {
+    this._shutdown();
+  }
+
+  _frame(ev) {
+    if (this.readyState === CLOSED) return;
+    if (ev.type === 'welcome' && this.readyState === CONNECTING) {
+      let session;
+      try { session = JSON.parse(ev.data)?.session; } catch { /* the client reports bad JSON */ }
+      if (typeof session === 'string' && session) {
+        this.session = session;
+        this.readyState = OPEN;
+        this.onopen?.({});
+        if (this.readyState === CLOSED) return;
+      }
+    }
+    this.onmessage?.({ data: ev.data });
+  }
+
+  /** `event: close`, `data: {"code":…,"reason":…}`: the session ended as a WebSocket would. */
+  _closeFrame(ev) {
+    if (this.readyState === CLOSED) return;
+    let info = {};
+    try { info = JSON.parse(ev.data) || {}; } catch { /* no code: treated as dropped */ }
+    const code = Number.isInteger(info.code) ? info.code : 1006;
+    this._shutdown();
+    this.onclose?.({ code, reason: typeof info.reason === 'string' ? info.reason : '' });
+  }
+
+  _fail(message) {
+    if (this.readyState === CLOSED) return;
+    this._shutdown();
+    this.onerror?.({ message });
+    this.onclose?.({ code: 1006, reason: message });
+  }
+
+  _shutdown() {
+    this.readyState = CLOSED;
+    try { this._es.close(); } catch { /* already closed */ }
+    this._queue = [];
+    try { this._abort?.abort(); } catch { /* nothing in flight */ }
+  }
+
+  async _pump() {
+    this._posting = true;
+    while (this._queue.length && this.readyState === OPEN) {
+      const text = this._queue.shift();
+      let res;
+      let body = '';
+      try {
+        res = await this._post(text);
+        // Read every body, 202 included: an unread one can hold the connection (Node's fetch).
+        body = await res.text().catch(() => '');
+      } catch (err) {
+        this._fail(`POST failed: ${err?.message || err}`);
+        break;
+      }
+      if (this.readyState !== OPEN) break;
+      if (res.status >= 200 && res.status < 300) continue;
+      if (res.status === 404) { // no such session (any more): the stream is dead
+        this._fail('SSE session gone (POST answered 404)');
+        break;
+      }
+      let frame;
+      try { frame = JSON.parse(text); } catch { frame = undefined; }
+      this.onrefused?.(frame, res.status, String(body).trim().slice(0, 200));
+    }
+    this._posting = false;
+  }
+
+  _post(text) {
+    const o = this._o;
+    const token = o.token();
+    const headers = { 'Content-Type': 'application/json' };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const ctl = typeof AbortController === 'function' ? new AbortController() : null;
+    this._abort = ctl;
+    let timer;
+    const timeout = new Promise((_, reject) => {
+      timer = o.setTimeout(() => { ctl?.abort(); reject(new Error('timed out')); }, o.timeoutMs);
+    });
+    const request = o.fetch(o.postUrl(this.session), {
+      method: 'POST',
+      headers,
+      body: text,
+      credentials: token ? 'same-origin' : 'include',
+      cache: 'no-store',
+      signal: ctl?.signal,
+    });
+    return Promise.race([request, timeout]).finally(() => {
+      o.clearTimeout(timer);
+      if (this._abort === ctl) this._abort = null;
+    });
+  }
+}
+
+/** Detach every handler of a connection: its late events mean nothing any more. */
+function silence(ws) {
+  ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+  if ('onrefused' in ws) ws.onrefused = null;
 }
 
 /** Can this message's cursor be resumed from? Only user messages are kept in durable mode
