@@ -46,7 +46,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release --bin herald --bin herald-load
+cargo build --release -p herald -p herald-load
 TARGET=${CARGO_TARGET_DIR:-target}
 HERALD=${HERALD:-$TARGET/release/herald}
 LOAD=$TARGET/release/herald-load

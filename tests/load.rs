@@ -1,10 +1,28 @@
 //! The load generator runs every scenario end to end (tiny sizes: this checks that it
-//! works and reports, not how fast anything is).
+//! works and reports, not how fast anything is). The loader is the `herald-load` member
+//! of the workspace.
 
 mod common;
 
 use common::*;
 use serde_json::Value;
+
+/// The loader is its own workspace member (`loader/`), so Cargo sets no
+/// `CARGO_BIN_EXE_herald-load` here: it is taken from beside the herald binary, where
+/// `cargo test --workspace` (or `cargo build -p herald-load`) puts it.
+fn loader_bin() -> std::path::PathBuf {
+    let herald = std::path::Path::new(env!("CARGO_BIN_EXE_herald"));
+    let bin = herald
+        .with_file_name("herald-load")
+        .with_extension(std::env::consts::EXE_EXTENSION);
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build -p herald-load` (same profile and target \
+         directory as this test), or run `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
 
 async fn load(hub: &Hub, nats: &Nats, args: &[&str]) -> Value {
     let hub_addr = format!("127.0.0.1:{}", hub.port);
@@ -23,7 +41,7 @@ async fn load(hub: &Hub, nats: &Nats, args: &[&str]) -> Value {
     all.extend_from_slice(args);
     let out = tokio::time::timeout(
         std::time::Duration::from_secs(60),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-load"))
+        tokio::process::Command::new(loader_bin())
             .args(&all)
             .output(),
     )
