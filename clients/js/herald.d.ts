@@ -2,6 +2,10 @@
 
 export type HeraldState = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed';
 
+/** How the client talks to the hub: a WebSocket, or Server-Sent Events (an EventSource for
+ *  the hub's frames, one fetch POST per client frame). */
+export type HeraldTransport = 'websocket' | 'sse';
+
 export interface HeraldOptions {
   /** Base URL of the hub: ws://, wss://, http:// or https:// (http maps to ws, https to wss). */
   url: string;
@@ -37,8 +41,30 @@ export interface HeraldOptions {
   cursorStorage?: false | null | CursorStorage;
   /** Storage key of the cursor. Default `herald.cursor.<user>`. */
   cursorKey?: string;
-  /** WebSocket constructor, for Node < 22 (e.g. the `ws` package) or tests. Default: globalThis.WebSocket. */
-  WebSocket?: new (url: string) => WebSocketLike;
+  /**
+   * WebSocket constructor, for Node < 22 (e.g. the `ws` package) or tests. Default:
+   * globalThis.WebSocket; `null` means none (SSE only, if EventSource and fetch exist).
+   */
+  WebSocket?: (new (url: string) => WebSocketLike) | null;
+  /**
+   * Transports the client may use. Default `['websocket', 'sse']`: WebSocket, falling back to
+   * SSE when WebSocket is missing or failed to open `fallbackAfter` times in a row.
+   * `['websocket']` never falls back, `['sse']` uses SSE only. The order does not matter:
+   * WebSocket is always the first choice when allowed and available.
+   */
+  transports?: HeraldTransport[];
+  /** Switch to SSE after this many WebSocket attempts in a row that did not open. Default 2 (at least 1). */
+  fallbackAfter?: number;
+  /**
+   * On SSE after a fallback, try WebSocket again this long after the last try (ms): a
+   * WebSocket is opened alongside the working stream and takes over at its welcome, and a
+   * reconnect after that long starts with WebSocket. `0` (or Infinity) stays on SSE. Default 60000.
+   */
+  retryWebSocketMs?: number;
+  /** EventSource constructor for the SSE transport. Default globalThis.EventSource; `null` disables SSE. */
+  EventSource?: (new (url: string, init?: { withCredentials?: boolean }) => EventSourceLike) | null;
+  /** fetch, for the SSE transport's POSTs. Default globalThis.fetch; `null` disables SSE. */
+  fetch?: ((url: string, init: FetchInitLike) => Promise<FetchResponseLike>) | null;
   /** Reconnect backoff: delay = random(0, min(maxMs, initialMs * 2^attempt)). Default {initialMs: 500, maxMs: 30000}. */
   backoff?: { initialMs?: number; maxMs?: number };
   /** Application ping interval while open and visible; 0 disables. Default 20000. */
@@ -94,11 +120,17 @@ export interface HeraldRefreshed {
 
 export interface HeraldError {
   type: 'error';
-  /** Server codes (forbidden, bad_topic, too_many_topics, bad_token, ...) or local ones: transport, token, protocol. */
+  /**
+   * Server codes (forbidden, bad_topic, too_many_topics, bad_token, ...) or local ones:
+   * transport, token, protocol; over SSE a refused POST also gives rate_limited (429),
+   * bad_frame (400, 413), unauthorized (401, 403) or transport (others), with `status`.
+   */
   code: string;
   message: string;
   /** Set when the error refused a subscribe. */
   topic?: string;
+  /** SSE: the HTTP status of the refused POST. */
+  status?: number;
   cause?: unknown;
 }
 
@@ -109,6 +141,8 @@ export interface HeraldStateInfo {
   /** For "reconnecting": how long until the next attempt, and which attempt it is. */
   delayMs?: number;
   attempt?: number;
+  /** The transport of the connection this state is about (the one that opened, closed or is being tried). */
+  transport: HeraldTransport;
 }
 
 export interface HeraldEvents {
@@ -119,14 +153,39 @@ export interface HeraldEvents {
   error: (error: HeraldError) => void;
 }
 
+// Handler parameters are `any` so that the DOM's WebSocket (whose handlers take Event,
+// MessageEvent and CloseEvent) and the `ws` package both fit.
 export interface WebSocketLike {
   readyState: number;
   send(data: string): void;
   close(code?: number, reason?: string): void;
-  onopen: ((ev: unknown) => void) | null;
-  onmessage: ((ev: { data: unknown }) => void) | null;
-  onerror: ((ev: unknown) => void) | null;
-  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  onopen: ((ev: any) => void) | null;
+  onmessage: ((ev: any) => void) | null;
+  onerror: ((ev: any) => void) | null;
+  onclose: ((ev: any) => void) | null;
+}
+
+/** The part of the EventSource API the SSE transport uses. */
+export interface EventSourceLike {
+  readonly readyState: number;
+  addEventListener(type: string, listener: (ev: any) => void): void;
+  close(): void;
+}
+
+/** What the SSE transport passes to `fetch`. */
+export interface FetchInitLike {
+  method: 'POST';
+  headers: Record<string, string>;
+  body: string;
+  credentials: 'same-origin' | 'include';
+  cache: 'no-store';
+  signal?: AbortSignal;
+}
+
+/** The part of a fetch Response the SSE transport reads. */
+export interface FetchResponseLike {
+  status: number;
+  text(): Promise<string>;
 }
 
 export class HeraldClient {
@@ -142,9 +201,14 @@ export class HeraldClient {
   /** Session id from the latest welcome. */
   session?: string;
   readonly state: HeraldState;
+  /** The transport of the current connection, or of the next attempt. */
+  readonly transport: HeraldTransport;
   on<E extends keyof HeraldEvents>(event: E, fn: HeraldEvents[E]): () => void;
   connect(): this;
-  /** false when not connected (nothing is queued). */
+  /**
+   * false when not connected (nothing is queued). Over SSE, true means the frame is queued
+   * for its POST; a refused POST is reported as an `error` event.
+   */
   publish(event: string, data?: unknown): boolean;
   subscribe(topic: string): Promise<string>;
   unsubscribe(topic: string): void;
