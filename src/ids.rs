@@ -64,6 +64,14 @@ impl SessionId {
         SessionId(n)
     }
 
+    /// The id as [`fmt::Display`] writes it (hex), from a client; None for anything else.
+    pub fn parse(s: &str) -> Option<SessionId> {
+        if s.is_empty() || s.len() > 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u64::from_str_radix(s, 16).ok().map(SessionId)
+    }
+
     /// Which of `n` slots this session falls in (ids are sequential, so slots fill evenly).
     pub fn slot(self, n: u64) -> u64 {
         self.0 % n.max(1)
@@ -91,6 +99,10 @@ mod tests {
         assert_eq!(UserId::parse("u-1").unwrap().as_str(), "u-1");
         assert!(UserId::parse("u.1").is_err());
         assert!(DeviceId::parse("").is_err());
+        let id = SessionId::new(0x1a2b);
+        assert_eq!(SessionId::parse(&id.to_string()), Some(id));
+        assert_eq!(SessionId::parse("xyz"), None);
+        assert_eq!(SessionId::parse("+1"), None);
         assert_eq!(
             UserId::parse("a b").unwrap_err().to_string(),
             "UserId must be 1 to 128 bytes of A-Z a-z 0-9 _ - ="

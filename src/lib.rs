@@ -4,19 +4,23 @@
 //! # Layout
 //! - [`config`]: flags and `HERALD_*` variables, validated once.
 //! - [`server`]: builds a pod (bus, actors, HTTP) and runs it until drained.
-//! - [`session`]: Session actor, one per WebSocket connection; [`socket`]: WebSocket
-//!   framing over the raw stream the session owns.
+//! - [`session`]: Session actor, one per connection whatever its transport; its socket,
+//!   outbound queue and the [`session::wire::Wire`] seam transports plug into.
 //! - [`registry`]: Registry actor, owner of session state (index, limits, takeover,
 //!   eviction, presence, fan-out, drain); [`registry::index`] is its state as plain data.
-//! - [`subscriber`]: Subscriber actor, owner of the pod's bus subscriptions.
+//! - [`subscriber`]: Subscriber actor, owner of the pod's delivery subscriptions.
+//! - [`mailbox`]: the messages sessions, Registry and Subscriber exchange, defined below
+//!   all three; [`link`]: what a session shares with the Registry without a message.
+//! - [`control`]: the control plane (beacons, pod table, kicks, cluster presence, stats,
+//!   SSE client-frame forwarding).
 //! - [`bus`]: the `Bus` seam and its engines (`memory`, `nats`); [`durable`]: the JetStream
 //!   stream of durable mode, cursors, replays and history.
-//! - [`cluster`]: cluster-wide presence, stats and disconnect; [`pods`]: live pod table.
 //! - [`auth`]: token extraction and JWT verification; [`ids`]: validated ids;
 //!   [`percent`]: percent-decoding of query strings and NATS URL user info.
 //! - [`message`]: a published message and its frame, encoded once; [`dedup`]: recent
 //!   message ids, so a re-published `Nats-Msg-Id` is delivered once.
-//! - [`http`]: routes and handlers, and the upgrade hook that hands sockets to sessions;
+//! - [`http`]: routes and handlers; the transports, one module per wire format
+//!   ([`http::websocket`], [`http::sse`]) sharing [`http::admission`];
 //!   [`metrics`]: Prometheus metrics.
 //! - [`cli`]: the `token` and `publish` subcommands.
 
@@ -26,20 +30,20 @@ pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod clock;
-pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod dedup;
 pub mod durable;
 pub mod handoff;
 pub mod http;
 pub mod ids;
+pub mod link;
+pub mod mailbox;
 pub mod message;
 pub mod metrics;
 pub mod origin;
 pub mod percent;
-pub mod pods;
 pub mod registry;
 pub mod server;
 pub mod session;
-pub mod socket;
 pub mod subscriber;

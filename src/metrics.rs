@@ -50,6 +50,11 @@ pub struct MapLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    pub transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -79,6 +84,9 @@ pub struct Metrics {
     pub topic_subscriptions: Gauge,
     /// Pod-to-pod control messages not acted on, by reason.
     pub control_ignored: Family<ReasonLabels, Counter>,
+    /// Running sessions by transport (`websocket`, `sse`).
+    pub sessions: Family<TransportLabels, Gauge>,
+    pub sessions_opened: Family<TransportLabels, Counter>,
 }
 
 /// The JWKS key cache's health (`--jwt-jwks-url`).
@@ -102,6 +110,20 @@ pub fn jwks() -> &'static JwksMetrics {
 }
 
 impl Metrics {
+    /// A session started on `transport`.
+    pub fn transport_opened(&self, transport: &'static str) {
+        let labels = TransportLabels { transport };
+        self.sessions.get_or_create(&labels).inc();
+        self.sessions_opened.get_or_create(&labels).inc();
+    }
+
+    /// A session on `transport` stopped.
+    pub fn transport_closed(&self, transport: &'static str) {
+        self.sessions
+            .get_or_create(&TransportLabels { transport })
+            .dec();
+    }
+
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("herald");
         let m = Metrics {
@@ -122,11 +144,23 @@ impl Metrics {
             topics: Gauge::default(),
             topic_subscriptions: Gauge::default(),
             control_ignored: Family::default(),
+            sessions: Family::default(),
+            sessions_opened: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
+            "sessions",
+            "Running sessions on this pod, by transport (websocket, sse)",
+            m.sessions.clone(),
+        );
+        registry.register(
+            "sessions_opened",
+            "Sessions started on this pod, by transport",
+            m.sessions_opened.clone(),
+        );
+        registry.register(
             "connections",
-            "Open WebSocket sessions on this pod",
+            "Open sessions on this pod (every transport)",
             m.connections.clone(),
         );
         registry.register(

@@ -5,7 +5,7 @@
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::{Actor, Addr};
 use actix_http::HttpService;
@@ -19,19 +19,20 @@ use herald_proto::Subjects;
 use crate::bus::memory::MemoryBus;
 use crate::bus::nats::NatsBus;
 use crate::bus::{Bus, Outbound};
-use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::control::beacon::{beacon_loop, discover};
+use crate::control::cluster::Cluster;
+use crate::control::pods::{publish_pod_event, PodTable};
+use crate::control::ControlPlane;
 use crate::durable::{Durable, DurableError};
 use crate::handoff::InFlight;
 use crate::http::{access_log, routes, AppState};
+use crate::mailbox::InterestHandle;
 use crate::metrics::Metrics;
-use crate::pods::{publish_pod_event, PodTable};
-use crate::registry::{Drain, LocalStats, Registry, RegistryDeps, SetSubscriber};
+use crate::registry::{Drain, Registry, RegistryDeps, SetSubscriber};
 use crate::session::SessionShared;
 use crate::subscriber::{Resync, Subscriber};
 
-/// How often a clustered pod announces itself (well under `pods::POD_DEAD_AFTER`).
-const BEACON_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a closing connection may take to flush before it is dropped.
 const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 /// How long to wait for WebSocket connections to finish after the drain.
@@ -94,13 +95,18 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
     };
     let subscriber = Subscriber::new(
         registry.clone(),
-        pod.clone(),
-        cluster.clone(),
+        bus.clone(),
+        subjects.clone(),
         deliveries,
         durable.clone(),
     )
     .start();
-    registry.do_send(SetSubscriber(subscriber.clone()));
+    registry.do_send(SetSubscriber(InterestHandle {
+        interest: subscriber.clone().recipient(),
+        wait: subscriber.clone().recipient(),
+    }));
+    // Held for the life of the pod, with the control subscriptions it owns.
+    let _control = ControlPlane::start(cluster.clone()).await;
     if let Some(d) = &durable {
         actix::spawn(watch_stream(d.clone(), bus.clone(), subscriber));
     }
@@ -218,7 +224,7 @@ fn http_server(
                 .upgrade(fn_service(move |(req, framed)| {
                     let state = upgrade_state.clone();
                     async move {
-                        crate::http::upgrade::serve(state, req, framed).await;
+                        crate::http::websocket::serve(state, req, framed).await;
                         Ok::<_, std::convert::Infallible>(())
                     }
                 }))
@@ -315,74 +321,6 @@ async fn watch_stream(durable: Arc<Durable>, bus: Arc<dyn Bus>, subscriber: Addr
         };
         if changed || reconnected {
             subscriber.do_send(Resync { reset: changed });
-        }
-    }
-}
-
-/// Announce this starting pod to the live ones and learn them, then let readiness pass.
-/// Retried while the bus is unreachable (readiness waits for the bus anyway).
-async fn discover(cluster: Cluster, discovered: Arc<AtomicBool>) {
-    loop {
-        match cluster.discover().await {
-            Ok(n) => {
-                tracing::info!(pods = n, "announced to the live pods");
-                discovered.store(true, Ordering::Release);
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "pod discovery failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-}
-
-/// Announce this pod every second and declare silent pods down. Every pod expires the
-/// dead pod from its own table; only the first live pod by name publishes the `down`
-/// event, so services see it once.
-async fn beacon_loop(
-    bus: Arc<dyn Bus>,
-    subjects: Subjects,
-    pods: Arc<PodTable>,
-    registry: Addr<Registry>,
-    draining: Arc<AtomicBool>,
-    leaving: Arc<AtomicBool>,
-) {
-    let mut tick = tokio::time::interval(BEACON_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let scheduled = tick.tick().await;
-        if leaving.load(Ordering::Relaxed) {
-            return;
-        }
-        // After a stall (a paused process, a starved runtime) the others' beacons are
-        // still queued: judging them now would declare healthy pods down.
-        let stalled = scheduled.elapsed() > BEACON_INTERVAL;
-        let counts = registry.send(LocalStats).await.ok();
-        if leaving.load(Ordering::Relaxed) {
-            return;
-        }
-        let beacon = Control::Beacon {
-            pod: pods.me().to_string(),
-            started: pods.started(),
-            draining: draining.load(Ordering::Relaxed),
-            connections: counts.map_or(0, |c| c.connections),
-            users: counts.map_or(0, |c| c.users),
-        };
-        let _ = bus
-            .publish(Outbound::new(subjects.ctl_all(), control::encode(&beacon)))
-            .await;
-        if stalled {
-            tracing::warn!("beacon loop was stalled; not judging other pods this round");
-            continue;
-        }
-        let dead = pods.expire(Instant::now());
-        let announcer = pods.is_announcer();
-        for pod in dead {
-            tracing::warn!(pod = %pod, "pod stopped answering; declaring it down");
-            if announcer {
-                publish_pod_event(&bus, &subjects, &pod, "down").await;
-            }
         }
     }
 }

@@ -1,9 +1,10 @@
-//! Subscriber actor: owns the pod's bus subscriptions and turns what arrives into work for
-//! the Registry.
+//! Subscriber actor: owns the pod's delivery subscriptions (users, topics, broadcast) and
+//! turns what arrives into deliveries for the Registry. The control subjects belong to the
+//! control plane (`control`).
 //!
 //! Interest routing: `<prefix>.user.<id>` is subscribed exactly while the Registry holds a
 //! session of that user (`Interest::Add` on the first, `Interest::Remove` after the last),
-//! never through a wildcard. Broadcast and the control subjects are one subscription each.
+//! never through a wildcard. Broadcast is one subscription.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,22 +12,20 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::stream::{self, AbortHandle, Abortable, SelectAll, StreamExt};
-use herald_proto::control::{self, Control, Query, QueryReply};
 use herald_proto::{
     Subjects, HEADER_DEVICE, HEADER_EVENT, HEADER_LAST_SEQUENCE, HEADER_MSG_ID, HEADER_SEQUENCE,
 };
 use std::task::Waker;
 use tokio::sync::oneshot;
 
-use crate::bus::{Bus, BusMessage, Outbound, Subscription};
-use crate::cluster::Cluster;
+use crate::bus::{Bus, BusMessage, Subscription};
 use crate::durable::feed::{Feed, LiveMsg, Output as FeedOutput};
 use crate::durable::{Audience, Durable};
 use crate::handoff::InFlight;
 use crate::ids::{DeviceId, UserId};
+use crate::mailbox::{AwaitInterest, Interest};
 use crate::message::{encode_frame, new_message_id, Delivery, Target};
-use crate::pods::PodTable;
-use crate::registry::{Deliver, Kick, LocalPresence, LocalStats, Registry, TakeoverNoted};
+use crate::registry::{Deliver, Registry};
 
 /// The device a user message is for, from its `Herald-Device`: `Some(None)` for every
 /// session of the user, `None` for nobody (a device no session can have must not fall back
@@ -42,15 +41,8 @@ fn device_target(subject: &str, header: Option<&str>) -> Option<Option<DeviceId>
     }
 }
 
-/// Queue group of the presence request/reply subject: one pod answers for the cluster.
-const PRESENCE_QUEUE: &str = "herald-presence";
-
 /// Retry a failed subscribe after this long.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
-
-/// How long a control message from a pod not known yet waits for that pod's hello or
-/// beacon (one beacon interval and a margin) before it is ignored.
-const UNKNOWN_SOURCE_GRACE: Duration = Duration::from_millis(1500);
 
 /// Someone waiting for a subscription to be in place; durable live feeds answer with
 /// their baseline (see [`AwaitInterest`]).
@@ -65,9 +57,6 @@ pub struct Subscriber {
     bus: Arc<dyn Bus>,
     registry: Addr<Registry>,
     subjects: Subjects,
-    pod: String,
-    pods: Arc<PodTable>,
-    cluster: Cluster,
     subs: HashMap<String, SubState>,
     /// Every active subscription, merged.
     streams: SelectAll<Abortable<Subscription>>,
@@ -91,18 +80,15 @@ enum SubState {
 impl Subscriber {
     pub fn new(
         registry: Addr<Registry>,
-        pod: String,
-        cluster: Cluster,
+        bus: Arc<dyn Bus>,
+        subjects: Subjects,
         deliveries: Arc<InFlight>,
         durable: Option<Arc<Durable>>,
     ) -> Self {
         Subscriber {
-            bus: cluster.bus.clone(),
+            bus,
             registry,
-            subjects: cluster.subjects.clone(),
-            pod,
-            pods: cluster.pods.clone(),
-            cluster,
+            subjects,
             subs: HashMap::new(),
             streams: SelectAll::new(),
             pump_waker: None,
@@ -156,8 +142,8 @@ impl Subscriber {
             Ok(sub) if wanted => {
                 let (stream, handle) = stream::abortable(sub);
                 self.streams.push(stream);
-                if let Some(w) = self.pump_waker.take() {
-                    w.wake();
+                if let Some(w) = &self.pump_waker {
+                    w.wake_by_ref();
                 }
                 self.subs.insert(subject.clone(), SubState::Active(handle));
                 if self.is_live_feed(&subject) {
@@ -393,13 +379,6 @@ impl Subscriber {
             Target::Broadcast
         } else if let Some(topic) = subjects.topic_of(&msg.subject) {
             Target::Topic(topic.to_string())
-        } else if msg.subject == subjects.ctl_all() {
-            return self.on_control(&msg, ctx);
-        } else if msg.subject == subjects.ctl_query() {
-            return self.on_query(msg, ctx);
-        } else if let Some(user) = subjects.presence_user_of(&msg.subject) {
-            let user = user.to_string();
-            return self.on_presence_request(user, msg.reply, ctx);
         } else {
             tracing::debug!(subject = %msg.subject, "message on an unexpected subject");
             return;
@@ -433,201 +412,6 @@ impl Subscriber {
             seq: None,
         });
     }
-
-    /// Count and log a control message that is not acted on.
-    fn ignored(&self, reason: &'static str, source: &str, what: &'static str) {
-        // Debug only: whoever can publish there could flood the log otherwise.
-        tracing::debug!(source, reason, what, "ignoring a control message");
-        self.cluster
-            .metrics
-            .control_ignored
-            .get_or_create(&crate::metrics::ReasonLabels { reason })
-            .inc();
-    }
-
-    fn on_control(&mut self, msg: &BusMessage, ctx: &mut Context<Self>) {
-        let control: Control = match control::decode(&msg.payload) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "ignoring control message");
-                return;
-            }
-        };
-        self.on_control_from(control, true, ctx);
-    }
-
-    /// Act on a control message if its source allows: it must name its pod, and unless it
-    /// introduces that pod (a beacon), the pod must be known alive. A message from a pod
-    /// not known yet waits [`UNKNOWN_SOURCE_GRACE`] once (a pod that just started may
-    /// send a kick before its hello or first beacon arrives), then is ignored if its pod
-    /// is still unknown.
-    fn on_control_from(&mut self, control: Control, first: bool, ctx: &mut Context<Self>) {
-        let (source, introduces, what) = match &control {
-            Control::Kick { from_pod, .. } => (from_pod, false, "kick"),
-            Control::Replaced { from_pod, .. } => (from_pod, false, "replaced"),
-            Control::Beacon { pod, .. } => (pod, true, "beacon"),
-            Control::Leaving { pod } => (pod, false, "leaving"),
-        };
-        // This pod's own messages come back: it acted on them when it sent them.
-        if *source == self.pod {
-            return;
-        }
-        if source.is_empty() {
-            return self.ignored(crate::metrics::CONTROL_EMPTY_SOURCE, source, what);
-        }
-        if !introduces && self.pods.is_unknown(source) {
-            if first {
-                ctx.run_later(UNKNOWN_SOURCE_GRACE, move |act, ctx| {
-                    act.on_control_from(control, false, ctx)
-                });
-            } else {
-                self.ignored(crate::metrics::CONTROL_UNKNOWN_POD, source, what);
-            }
-            return;
-        }
-        match control {
-            Control::Kick {
-                user,
-                device,
-                except,
-                before_ms,
-                code,
-                ..
-            } => {
-                let (Ok(user), Some(code)) = (
-                    UserId::parse(&user),
-                    herald_proto::CloseCode::from_code(code),
-                ) else {
-                    return;
-                };
-                let device = device.and_then(|d| DeviceId::parse(&d).ok());
-                self.registry.do_send(Kick {
-                    user,
-                    device,
-                    except,
-                    before_ms,
-                    code,
-                });
-            }
-            Control::Replaced { user, device, .. } => {
-                if let (Ok(user), Ok(device)) = (UserId::parse(&user), DeviceId::parse(&device)) {
-                    self.registry.do_send(TakeoverNoted { user, device });
-                }
-            }
-            Control::Beacon {
-                pod,
-                started,
-                draining,
-                connections,
-                users,
-            } => {
-                if self
-                    .pods
-                    .beacon(&pod, started, draining, connections, users)
-                {
-                    tracing::info!(pod = %pod, "pod declared down is answering again");
-                    let (bus, subjects) = (self.bus.clone(), self.subjects.clone());
-                    actix::spawn(async move {
-                        crate::pods::publish_pod_event(&bus, &subjects, &pod, "up").await;
-                    });
-                }
-            }
-            Control::Leaving { pod } => self.pods.leaving(&pod),
-        }
-    }
-
-    /// Answer `<prefix>.presence.<id>` for the whole cluster.
-    fn on_presence_request(
-        &mut self,
-        user: String,
-        reply: Option<String>,
-        ctx: &mut Context<Self>,
-    ) {
-        let Some(reply) = reply else { return };
-        let cluster = self.cluster.clone();
-        let bus = self.bus.clone();
-        ctx.spawn(
-            async move {
-                let body = match UserId::parse(&user) {
-                    Ok(user) => match cluster.presence(&user).await {
-                        Ok(p) => serde_json::to_vec(&p).unwrap_or_default(),
-                        Err(e) => {
-                            serde_json::to_vec(&serde_json::json!({ "error": e.to_string() }))
-                                .unwrap_or_default()
-                        }
-                    },
-                    Err(e) => serde_json::to_vec(&serde_json::json!({ "error": e.to_string() }))
-                        .unwrap_or_default(),
-                };
-                let _ = bus.publish(Outbound::new(reply, body)).await;
-            }
-            .into_actor(self),
-        );
-    }
-
-    fn on_query(&mut self, msg: BusMessage, ctx: &mut Context<Self>) {
-        let Some(reply_to) = msg.reply.clone() else {
-            return;
-        };
-        let query: Query = match control::decode(&msg.payload) {
-            Ok(q) => q,
-            Err(e) => {
-                tracing::warn!(error = %e, "ignoring query");
-                return;
-            }
-        };
-        if let Query::Hello { pod, started } = &query {
-            if *pod == self.pod {
-                return;
-            }
-            if pod.is_empty() {
-                return self.ignored(crate::metrics::CONTROL_EMPTY_SOURCE, pod, "hello");
-            }
-            // Known from now on, before the new pod can report ready.
-            self.pods.beacon(pod, *started, false, 0, 0);
-        }
-        let registry = self.registry.clone();
-        let bus = self.bus.clone();
-        let pod = self.pod.clone();
-        let started = self.pods.started();
-        ctx.spawn(
-            async move {
-                let reply = match query {
-                    Query::Presence { user } => {
-                        let Ok(user) = UserId::parse(&user) else {
-                            return;
-                        };
-                        let sessions = registry.send(LocalPresence(user)).await.unwrap_or(0);
-                        QueryReply::Presence { pod, sessions }
-                    }
-                    Query::Stats => {
-                        let Ok(c) = registry.send(LocalStats).await else {
-                            return;
-                        };
-                        QueryReply::Stats {
-                            pod,
-                            connections: c.connections,
-                            users: c.users,
-                            topics: c.topics,
-                        }
-                    }
-                    Query::Hello { .. } => {
-                        let c = registry.send(LocalStats).await.ok();
-                        QueryReply::Here {
-                            pod,
-                            started,
-                            connections: c.map_or(0, |c| c.connections),
-                            users: c.map_or(0, |c| c.users),
-                        }
-                    }
-                };
-                let _ = bus
-                    .publish(Outbound::new(reply_to, control::encode(&reply)))
-                    .await;
-            }
-            .into_actor(self),
-        );
-    }
 }
 
 impl Actor for Subscriber {
@@ -635,15 +419,8 @@ impl Actor for Subscriber {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.spawn(Pump);
-        for subject in [
-            self.subjects.broadcast(),
-            self.subjects.ctl_all(),
-            self.subjects.ctl_query(),
-        ] {
-            self.add(subject, None, ctx);
-        }
-        let presence = self.subjects.presence_request_any();
-        self.add(presence, Some(PRESENCE_QUEUE.to_string()), ctx);
+        let broadcast = self.subjects.broadcast();
+        self.add(broadcast, None, ctx);
     }
 }
 
@@ -672,25 +449,23 @@ impl ActorFuture<Subscriber> for Pump {
             }
             match act.streams.poll_next_unpin(task) {
                 Poll::Ready(Some(msg)) => act.on_message(msg, ctx),
-                // No subscription at all: wait until one is added.
-                Poll::Ready(None) => {
-                    act.pump_waker = Some(task.waker().clone());
+                // Nothing to read (or no subscription at all): wait for a message, or
+                // for a subscription to be added, which the set itself does not signal.
+                Poll::Ready(None) | Poll::Pending => {
+                    if !act
+                        .pump_waker
+                        .as_ref()
+                        .is_some_and(|w| w.will_wake(task.waker()))
+                    {
+                        act.pump_waker = Some(task.waker().clone());
+                    }
                     return Poll::Pending;
                 }
-                Poll::Pending => return Poll::Pending,
             }
         }
         task.waker().wake_by_ref();
         Poll::Pending
     }
-}
-
-/// Start or end interest in a subject.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub enum Interest {
-    Add(String),
-    Remove(String),
 }
 
 impl Handler<Interest> for Subscriber {
@@ -702,13 +477,6 @@ impl Handler<Interest> for Subscriber {
         }
     }
 }
-
-/// Resolves once the subject's subscription is in place (at once if it already is, or if
-/// nobody wants it). A durable live feed resolves once its baseline is known, with the
-/// baseline: every message after it reaches the Registry after this answer.
-#[derive(Message)]
-#[rtype(result = "Option<u64>")]
-pub struct AwaitInterest(pub String);
 
 impl Handler<AwaitInterest> for Subscriber {
     type Result = ResponseFuture<Option<u64>>;

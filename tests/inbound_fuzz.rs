@@ -5,7 +5,7 @@
 //! control frame when a control frame interleaves a fragmented message.
 
 use bytes::BytesMut;
-use herald::socket::decoder::{Decoder, Inbound, MAX_CLIENT_HEADER, MAX_CONTROL_FRAME};
+use herald::http::websocket::decoder::{Decoder, Inbound, MAX_CLIENT_HEADER, MAX_CONTROL_FRAME};
 use herald_proto::ClientFrame;
 use proptest::collection::vec;
 use proptest::prelude::*;

@@ -56,6 +56,13 @@ pub enum Query {
         pod: String,
         started: u64,
     },
+    /// A client frame for an SSE session (PROTOCOL §5b), POSTed to any pod: the pod
+    /// holding session `session` of `user` hands it over and answers `found`.
+    ClientFrame {
+        user: String,
+        session: String,
+        frame: String,
+    },
 }
 
 /// One pod's answer to a [`Query`].
@@ -70,6 +77,12 @@ pub enum QueryReply {
         connections: u64,
         users: u64,
         topics: u64,
+    },
+    /// Whether this pod held the session of a [`Query::ClientFrame`] (and handed the
+    /// frame over).
+    ClientFrame {
+        pod: String,
+        found: bool,
     },
     /// A live pod's answer to [`Query::Hello`]: what its beacon would say.
     Here {

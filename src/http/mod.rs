@@ -1,11 +1,12 @@
 //! HTTP surface: the route table in one place, the state handlers share, and access logs
 //! that never show a query string (tokens travel there).
 
+pub mod admission;
 pub mod api;
 pub mod demo;
 pub mod health;
-pub mod upgrade;
-pub mod ws;
+pub mod sse;
+pub mod websocket;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use actix_web::web;
 
 use crate::auth::AuthConfig;
 use crate::bus::Bus;
-use crate::cluster::Cluster;
+use crate::control::cluster::Cluster;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::session::SessionShared;
@@ -51,7 +52,9 @@ impl AppState {
 
 /// Every route herald serves.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/websocket/{user}", web::get().to(ws::not_upgraded))
+    cfg.route("/websocket/{user}", web::get().to(websocket::not_upgraded))
+        .route("/sse/{user}", web::get().to(sse::stream))
+        .route("/sse/{user}/{session}", web::post().to(sse::post))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(health::metrics))
@@ -65,6 +68,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/history/{user}", web::get().to(api::history))
                 .route("/users/{user}/disconnect", web::post().to(api::disconnect)),
         );
+}
+
+/// A refusal as plain HTTP: the status and a one-line reason.
+pub fn plain_refusal(status: u16, reason: &str) -> actix_web::HttpResponse {
+    let status = actix_web::http::StatusCode::from_u16(status)
+        .unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
+    actix_web::HttpResponse::build(status)
+        .content_type("text/plain; charset=utf-8")
+        .body(format!("{reason}\n"))
 }
 
 /// Access log: method, path without the query string, status, time.

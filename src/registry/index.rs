@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use herald_proto::CloseCode;
 
 use crate::ids::{DeviceId, SessionId, UserId};
-use crate::session::Link;
+use crate::link::Link;
 
 /// More than this many takeovers of one device within [`TAKEOVER_WINDOW`] → 429.
 pub const MAX_TAKEOVERS: usize = 3;
@@ -382,7 +382,7 @@ mod tests {
             user: UserId::parse(user).unwrap(),
             device: device.map(|d| DeviceId::parse(d).unwrap()),
             handle: (),
-            link: Arc::new(Link::new(last_seen)),
+            link: Arc::new(Link::new(last_seen, |f| f.len())),
             expires_at: None,
             attached_ms: 0,
             topics: Vec::new(),

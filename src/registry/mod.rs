@@ -21,11 +21,10 @@ use tokio::sync::oneshot;
 use crate::auth::Identity;
 use crate::bus::{Bus, Outbound};
 use crate::ids::{DeviceId, SessionId, UserId};
+use crate::link::Link;
+use crate::mailbox::{AwaitInterest, ForSession, Interest, InterestHandle, Push, SessionHandle};
 use crate::message::{Delivery, Target};
 use crate::metrics::{MapLabels, Metrics, SourceLabel, SourceLabels};
-use crate::session::{Close, Heartbeat, Link, Push, Session};
-use crate::socket::text_frame_len;
-use crate::subscriber::{AwaitInterest, Interest, Subscriber};
 pub use index::{Entry, Index, Limits, Refusal};
 
 /// How often the sweep looks for idle and expired sessions, at most.
@@ -57,9 +56,9 @@ pub struct RegistryDeps {
 }
 
 pub struct Registry {
-    index: Index<Addr<Session>>,
+    index: Index<SessionHandle>,
     deps: RegistryDeps,
-    subscriber: Option<Addr<Subscriber>>,
+    subscriber: Option<InterestHandle>,
     draining: bool,
     drain: Option<DrainState>,
     /// Session-topic pairs, for the gauge.
@@ -147,12 +146,13 @@ impl Registry {
     }
 
     /// Remove a session from every index and tell whoever needs to know.
-    fn forget(&mut self, id: SessionId, reason: &str) -> Option<Entry<Addr<Session>>> {
+    fn forget(&mut self, id: SessionId, reason: &str) -> Option<Entry<SessionHandle>> {
         let removed = self.index.remove(id)?;
         let entry = removed.entry;
         if let Some(sub) = &self.subscriber {
             if removed.last_of_user {
-                sub.do_send(Interest::Remove(self.user_subject(&entry.user)));
+                sub.interest
+                    .do_send(Interest::Remove(self.user_subject(&entry.user)));
             }
         }
         if removed.last_of_user {
@@ -160,7 +160,8 @@ impl Registry {
         }
         if let Some(sub) = &self.subscriber {
             for topic in &removed.topics_emptied {
-                sub.do_send(Interest::Remove(self.deps.subjects.topic(topic)));
+                sub.interest
+                    .do_send(Interest::Remove(self.deps.subjects.topic(topic)));
             }
         }
         self.topic_subscriptions -= entry.topics.len() as i64;
@@ -176,7 +177,7 @@ impl Registry {
         if let Some(entry) = self.forget(id, code.reason()) {
             self.index.mark_closing(id);
             self.update_gauges();
-            entry.handle.do_send(Close(code));
+            entry.handle.do_send(ForSession::Close(code));
         }
     }
 
@@ -188,7 +189,7 @@ impl Registry {
         self.ping_slice = self.ping_slice.wrapping_add(1);
         for (id, e) in self.index.all() {
             if id.slot(slices) == slice {
-                e.handle.do_send(Heartbeat);
+                e.handle.do_send(ForSession::Heartbeat);
             }
         }
     }
@@ -267,7 +268,7 @@ impl Actor for Registry {
 /// Connect the Registry to the pod's Subscriber (they reference each other).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SetSubscriber(pub Addr<Subscriber>);
+pub struct SetSubscriber(pub InterestHandle);
 
 impl Handler<SetSubscriber> for Registry {
     type Result = ();
@@ -284,7 +285,7 @@ impl Handler<SetSubscriber> for Registry {
 pub struct Attach {
     pub id: SessionId,
     pub identity: Identity,
-    pub session: Addr<Session>,
+    pub session: SessionHandle,
     pub link: Arc<Link>,
 }
 
@@ -349,13 +350,13 @@ impl Handler<Attach> for Registry {
             return Box::pin(async move { Ok(known) });
         };
         if first {
-            subscriber.do_send(Interest::Add(subject.clone()));
+            subscriber.interest.do_send(Interest::Add(subject.clone()));
         }
         let durable = self.deps.durable;
         Box::pin(async move {
             // If the bus is down the interest comes back with it; the session may wait. In
             // durable mode the wait includes reading the stream, which may be down: bounded.
-            let ask = subscriber.send(AwaitInterest(subject));
+            let ask = subscriber.wait.send(AwaitInterest(subject));
             let baseline = if durable {
                 tokio::time::timeout(DURABLE_ATTACH_WAIT, ask)
                     .await
@@ -409,7 +410,6 @@ impl Handler<Deliver> for Registry {
     fn handle(&mut self, Deliver(d): Deliver, _: &mut Context<Self>) {
         self.deps.deliveries.done();
         let limit = self.deps.limits.outbound_queue_bytes;
-        let size = text_frame_len(d.frame.len());
         if let (Some(seq), Target::User { user, .. }) = (d.seq, &d.target) {
             if self.index.has_user(user) {
                 self.last_seq.insert(user.clone(), seq);
@@ -417,19 +417,19 @@ impl Handler<Deliver> for Registry {
         }
         let mut sent: u64 = 0;
         let mut dropped: u64 = 0;
-        let mut offer = |e: &Entry<Addr<Session>>, topic: Option<&Arc<str>>| {
+        let mut offer = |e: &Entry<SessionHandle>, topic: Option<&Arc<str>>| {
             // The session's bytes in flight, mailbox included, stay within its limit: a
             // frame that does not fit is not queued, and the session closes with 4008.
-            if e.link.reserve(size, limit) {
-                e.handle.do_send(Push {
+            if e.link.reserve(e.link.frame_len(d.frame.as_bytes()), limit) {
+                e.handle.do_send(ForSession::Push(Push {
                     frame: d.frame.clone(),
                     topic: topic.cloned(),
-                });
+                }));
                 sent += 1;
             } else {
                 dropped += 1;
                 if e.link.overflow() {
-                    e.handle.do_send(Close(CloseCode::SlowConsumer));
+                    e.handle.do_send(ForSession::Close(CloseCode::SlowConsumer));
                 }
             }
         };
@@ -541,6 +541,29 @@ impl Handler<LocalPresence> for Registry {
     }
 }
 
+/// Hand a client frame to a session of `user` on this pod (an SSE session's POST);
+/// false when this pod holds no such session.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct ClientFrameFor {
+    pub user: UserId,
+    pub id: SessionId,
+    pub frame: String,
+}
+
+impl Handler<ClientFrameFor> for Registry {
+    type Result = bool;
+    fn handle(&mut self, msg: ClientFrameFor, _: &mut Context<Self>) -> bool {
+        match self.index.get(msg.id) {
+            Some(e) if e.user == msg.user => {
+                e.handle.do_send(ForSession::ClientFrame(msg.frame));
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 /// This pod's connection and user counts.
 #[derive(Message)]
 #[rtype(result = "LocalCounts")]
@@ -588,7 +611,7 @@ impl Handler<Follow> for Registry {
             self.update_gauges();
             if first {
                 if let Some(sub) = &self.subscriber {
-                    sub.do_send(Interest::Add(subject.clone()));
+                    sub.interest.do_send(Interest::Add(subject.clone()));
                 }
             }
         }
@@ -596,7 +619,7 @@ impl Handler<Follow> for Registry {
             return Box::pin(async { true });
         };
         Box::pin(async move {
-            let _ = subscriber.send(AwaitInterest(subject)).await;
+            let _ = subscriber.wait.send(AwaitInterest(subject)).await;
             true
         })
     }
@@ -631,7 +654,8 @@ impl Registry {
         self.topic_subscriptions -= 1;
         if self.index.unfollow(id, topic) {
             if let Some(sub) = &self.subscriber {
-                sub.do_send(Interest::Remove(self.deps.subjects.topic(topic)));
+                sub.interest
+                    .do_send(Interest::Remove(self.deps.subjects.topic(topic)));
             }
         }
         self.update_gauges();

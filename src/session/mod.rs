@@ -1,7 +1,7 @@
-//! Session actor: one per WebSocket connection. It owns the connection's socket, reads and
-//! answers client frames (`inbound`), queues server frames in a byte-bounded outbound
-//! buffer, pings when the Registry says so (every heartbeat) and enforces the per-session
-//! limits.
+//! Session actor: one per connection, whatever its transport (WebSocket or SSE, behind
+//! [`wire::Wire`]). It owns the connection's socket, reads and answers client frames
+//! (`inbound`), queues server frames in a byte-bounded outbound buffer, sends heartbeats
+//! when the Registry says so and enforces the per-session limits.
 //!
 //! Writing never blocks the actor: frames are appended to the outbound buffer and written
 //! by a `Flusher` when the socket is writable, so a client that stops reading fills the
@@ -11,8 +11,11 @@
 //! socket, and `Detach`ed from the Registry when it stops.
 
 mod inbound;
-pub mod link;
+pub mod outbound;
+pub mod pipe;
 mod refresh;
+pub mod socket;
+pub mod wire;
 
 use std::collections::{HashSet, VecDeque};
 use std::num::NonZeroU32;
@@ -31,13 +34,14 @@ use crate::auth::{AuthConfig, Identity};
 use crate::bus::Bus;
 use crate::config::SessionLimits;
 use crate::ids::SessionId;
+use crate::link::{FrameLen, Link};
+use crate::mailbox::{ForSession, Push};
 use crate::message::Frame;
 use crate::metrics::Metrics;
 use crate::registry::{Attach, Detach, Refusal, Registry};
-use crate::socket::decoder::{Decoder, Inbound, Violation};
-use crate::socket::outbound::OutQueue;
-use crate::socket::{self, Endpoint, Flusher, Reader, Socket};
-pub use link::Link;
+use outbound::OutQueue;
+use socket::{Endpoint, Flusher, Reader, Socket};
+use wire::{Inbound, Violation, Wire};
 
 /// Topics one session may follow at once.
 pub const MAX_TOPICS_PER_SESSION: usize = 128;
@@ -89,7 +93,7 @@ pub struct Session {
     socket: Socket,
     /// Bytes read but not yet parsed (empty and unallocated while idle).
     inbound: BytesMut,
-    decoder: Decoder,
+    wire: Box<dyn Wire>,
     /// Encoded frames not yet written: the outbound queue, bounded in bytes through `link`.
     outbound: OutQueue,
     flushing: bool,
@@ -108,13 +112,15 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session on `socket`; `inbound` holds bytes the client sent right after its
-    /// handshake, if any.
+    /// A session on `socket`, speaking `wire`; `inbound` holds bytes the client sent
+    /// right after its handshake, if any.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: SessionId,
         identity: Identity,
         shared: Arc<SessionShared>,
         socket: Socket,
+        wire: Box<dyn Wire>,
         inbound: BytesMut,
         link: Arc<Link>,
         opening: Opening,
@@ -126,7 +132,7 @@ impl Session {
             identity,
             socket,
             inbound,
-            decoder: Decoder::new(shared.limits.max_frame_bytes),
+            wire,
             outbound: OutQueue::default(),
             flushing: false,
             link,
@@ -154,17 +160,24 @@ impl Session {
         self.push_text(frame.to_json().as_bytes(), ctx);
     }
 
-    /// Queue a text frame of the session's own, or close with 4008 when the queue would
-    /// pass its limit.
+    /// Queue a frame of the session's own, or close with 4008 when the queue would pass
+    /// its limit.
     fn push_text(&mut self, text: &[u8], ctx: &mut Context<Self>) {
         if self.is_closing() {
             return;
         }
-        if !self.reserve(socket::text_frame_len(text.len()), ctx) {
-            return;
+        self.queue_own(ctx, |wire, out| wire.frame(out, text));
+    }
+
+    /// Queue what `encode` writes (a frame of the session's own) if it fits the queue;
+    /// a full queue closes with 4008.
+    fn queue_own(&mut self, ctx: &mut Context<Self>, encode: impl Fn(&dyn Wire, &mut BytesMut)) {
+        let mut bytes = BytesMut::new();
+        encode(&*self.wire, &mut bytes);
+        if self.reserve(bytes.len(), ctx) {
+            self.outbound.frames().extend_from_slice(&bytes);
+            self.flush(ctx);
         }
-        socket::text(self.outbound.frames(), text);
-        self.flush(ctx);
     }
 
     /// Reserve room for a frame of the session's own; a full queue closes with 4008.
@@ -228,10 +241,14 @@ impl Session {
     /// Queue the close frame behind what is queued, start discarding input, and give the
     /// handshake at most the close grace.
     fn close_with(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
-        self.closing = Some(Closing::default());
-        self.decoder.discard();
+        self.closing = Some(Closing {
+            // A peer that cannot answer the close is done once it is written.
+            peer_closed: !self.wire.peer_answers_close(),
+            ..Closing::default()
+        });
+        self.wire.discard();
         let before = self.outbound.len();
-        socket::close(self.outbound.frames(), code, reason);
+        self.wire.close(self.outbound.frames(), code, reason);
         self.link.force(self.outbound.len() - before);
         self.flush(ctx);
         ctx.run_later(self.shared.limits.close_grace, |act, ctx| {
@@ -294,9 +311,8 @@ impl Session {
                 }
             }
             Inbound::Ping(payload) => {
-                if self.within_rate(ctx) && self.reserve(2 + payload.len(), ctx) {
-                    socket::pong(self.outbound.frames(), &payload);
-                    self.flush(ctx);
+                if self.within_rate(ctx) {
+                    self.queue_own(ctx, |wire, out| wire.pong(out, &payload));
                 }
             }
             Inbound::Pong | Inbound::Close(_) => {}
@@ -332,7 +348,7 @@ impl Session {
                 self.inbound.clear();
                 return true;
             }
-            match self.decoder.next(&mut self.inbound) {
+            match self.wire.decode(&mut self.inbound) {
                 Ok(Some(item)) => self.on_inbound(item, ctx),
                 Ok(None) => return true,
                 Err(v) => self.fail(v, ctx),
@@ -362,8 +378,12 @@ impl Endpoint for Session {
     }
 
     fn on_written(&mut self, n: usize) {
-        self.outbound.written(n);
+        let wire = &self.wire;
+        self.outbound.written(n, |buf| wire.queued_frame_len(buf));
         self.link.release(n);
+        if self.wire.alive_on_write() {
+            self.alive();
+        }
     }
 
     fn on_input(&mut self, ctx: &mut Context<Self>) -> bool {
@@ -401,10 +421,11 @@ impl Actor for Session {
         // never refused, so live frames behind it are what waits.
         for frame in std::mem::take(&mut self.replay) {
             let before = self.outbound.len();
-            socket::text(self.outbound.frames(), frame.as_bytes());
+            self.wire.frame(self.outbound.frames(), frame.as_bytes());
             self.link.force(self.outbound.len() - before);
         }
         self.flush(ctx);
+        self.shared.metrics.transport_opened(self.wire.name());
         ctx.spawn(Reader);
         // Bytes that arrived with the handshake.
         if !self.inbound.is_empty() {
@@ -413,6 +434,7 @@ impl Actor for Session {
     }
 
     fn stopping(&mut self, _: &mut Context<Self>) -> Running {
+        self.shared.metrics.transport_closed(self.wire.name());
         self.shared.registry.do_send(Detach {
             id: self.id,
             reason: self.detach_reason,
@@ -436,13 +458,14 @@ pub async fn reserve(
     registry: &Addr<Registry>,
     id: SessionId,
     identity: &Identity,
+    frame_len: FrameLen,
 ) -> Result<Result<Reserved, Refusal>, MailboxError> {
-    let link = Arc::new(Link::new(crate::clock::now_ms()));
+    let link = Arc::new(Link::new(crate::clock::now_ms(), frame_len));
     let ctx: Context<Session> = Context::new();
     let attach = Attach {
         id,
         identity: identity.clone(),
-        session: ctx.address(),
+        session: ctx.address().recipient(),
         link: link.clone(),
     };
     Ok(registry.send(attach).await?.map(|live_after| Reserved {
@@ -452,63 +475,40 @@ pub async fn reserve(
     }))
 }
 
-/// Queue a message frame for this session. The sender has reserved the frame's bytes in
-/// the session's [`Link`] (see [`Link::reserve`]); the session releases them.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Push {
-    pub frame: Frame,
-    /// Set for topic messages: dropped if the session unsubscribed since the fan-out,
-    /// so an unsubscribe stops delivery at once.
-    pub topic: Option<Arc<str>>,
-}
-
-impl Push {
-    pub fn new(frame: Frame) -> Push {
-        Push { frame, topic: None }
+impl Handler<ForSession> for Session {
+    type Result = ();
+    fn handle(&mut self, msg: ForSession, ctx: &mut Context<Self>) {
+        match msg {
+            ForSession::Push(push) => self.push(push, ctx),
+            ForSession::Heartbeat => {
+                if !self.is_closing() {
+                    self.queue_own(ctx, |wire, out| wire.heartbeat(out));
+                }
+            }
+            ForSession::Close(code) => self.begin_close(code, ctx),
+            ForSession::ClientFrame(text) => {
+                self.alive();
+                if !self.is_closing() && self.within_rate(ctx) {
+                    self.on_text(&text, ctx);
+                }
+            }
+        }
     }
 }
 
-impl Handler<Push> for Session {
-    type Result = ();
-    fn handle(&mut self, msg: Push, ctx: &mut Context<Self>) {
+impl Session {
+    /// Queue a message frame the Registry reserved room for.
+    fn push(&mut self, msg: Push, ctx: &mut Context<Self>) {
         let unfollowed = msg
             .topic
             .as_ref()
             .is_some_and(|t| !self.topics.contains(&**t));
         if self.is_closing() || unfollowed {
-            self.link.release(socket::text_frame_len(msg.frame.len()));
+            self.link.release(self.link.frame_len(msg.frame.as_bytes()));
             return;
         }
-        socket::text(self.outbound.frames(), msg.frame.as_bytes());
+        self.wire
+            .frame(self.outbound.frames(), msg.frame.as_bytes());
         self.flush(ctx);
-    }
-}
-
-/// Send a WebSocket ping. The Registry sends these every heartbeat, spread over the
-/// interval, so sessions need no timer of their own.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Heartbeat;
-
-impl Handler<Heartbeat> for Session {
-    type Result = ();
-    fn handle(&mut self, _: Heartbeat, ctx: &mut Context<Self>) {
-        if !self.is_closing() && self.reserve(2, ctx) {
-            socket::ping(self.outbound.frames());
-            self.flush(ctx);
-        }
-    }
-}
-
-/// Close this session with a code the Registry decided.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Close(pub CloseCode);
-
-impl Handler<Close> for Session {
-    type Result = ();
-    fn handle(&mut self, msg: Close, ctx: &mut Context<Self>) {
-        self.begin_close(msg.0, ctx);
     }
 }

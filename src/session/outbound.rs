@@ -1,9 +1,9 @@
 //! The outbound queue of one connection: encoded server frames waiting for the socket, in
 //! one buffer so frames queued in one wake-up leave in one write.
 //!
-//! It knows where the frame that is partly written ends, so a slow consumer's queue can
-//! drop every frame not yet started without cutting one in half (the client's parser must
-//! stay in step to read the close frame that follows).
+//! It knows where the frame that is partly written ends (measured by the session's wire),
+//! so a slow consumer's queue can drop every frame not yet started without cutting one in
+//! half (the client's parser must stay in step to read the close frame that follows).
 
 use bytes::{Buf, BytesMut};
 
@@ -32,8 +32,11 @@ impl OutQueue {
         &self.buf
     }
 
-    /// `n` bytes from the front reached the socket.
-    pub fn written(&mut self, n: usize) {
+    /// `n` bytes from the front reached the socket. `frame_len` measures the whole
+    /// frame at the front of a buffer (the wire's [`Wire::queued_frame_len`]).
+    ///
+    /// [`Wire::queued_frame_len`]: super::wire::Wire::queued_frame_len
+    pub fn written(&mut self, n: usize, frame_len: impl Fn(&[u8]) -> usize) {
         let n = n.min(self.buf.len());
         let mut left = n;
         let mut pos = 0;
@@ -52,7 +55,7 @@ impl OutQueue {
             }
         }
         self.buf.advance(n);
-        super::release_if_empty(&mut self.buf);
+        super::socket::release_if_empty(&mut self.buf);
     }
 
     /// Drop every frame not started yet; returns how many bytes were dropped.
@@ -63,44 +66,32 @@ impl OutQueue {
     }
 }
 
-/// Length of the server frame at the front of `buf` (header included). Server frames are
-/// unmasked, and the queue only ever holds whole frames from a frame boundary on.
-fn frame_len(buf: &[u8]) -> usize {
-    let len7 = buf.get(1).map_or(0, |b| b & 0x7f);
-    match len7 {
-        126 => {
-            4 + buf
-                .get(2..4)
-                .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-        }
-        127 => {
-            let len = buf.get(2..10).map_or(0, |b| {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(b);
-                u64::from_be_bytes(a)
-            });
-            10 + len as usize
-        }
-        n => 2 + usize::from(n),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Frames of this test: one length byte, then that many bytes.
+    fn len(buf: &[u8]) -> usize {
+        1 + usize::from(buf[0])
+    }
+
+    fn frame(q: &mut OutQueue, n: u8) {
+        q.frames().extend_from_slice(&[n]);
+        q.frames().extend_from_slice(&vec![b'x'; usize::from(n)]);
+    }
+
     #[test]
     fn dropping_keeps_the_rest_of_a_partly_written_frame() {
         let mut q = OutQueue::default();
-        super::super::text(q.frames(), &[b'a'; 10]); // 12 bytes
-        super::super::text(q.frames(), &[b'b'; 300]); // 304 bytes
-        super::super::text(q.frames(), &[b'c'; 5]); // 7 bytes
-        q.written(12 + 100);
+        frame(&mut q, 11); // 12 bytes
+        frame(&mut q, 255); // 256 bytes
+        frame(&mut q, 6); // 7 bytes
+        q.written(12 + 100, len);
         assert_eq!(q.drop_unstarted(), 7);
-        assert_eq!(q.len(), 204);
-        q.written(204);
+        assert_eq!(q.len(), 156);
+        q.written(156, len);
         assert!(q.is_empty());
-        super::super::text(q.frames(), b"x");
+        frame(&mut q, 2);
         assert_eq!(q.drop_unstarted(), 3, "a frame boundary: nothing is kept");
     }
 }

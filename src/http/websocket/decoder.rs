@@ -15,6 +15,8 @@
 
 use bytes::{Buf, BytesMut};
 
+pub use crate::session::wire::{Inbound, Violation};
+
 /// Largest header of a client frame: 2 bytes, 8 bytes of length, 4 bytes of mask.
 pub const MAX_CLIENT_HEADER: usize = 14;
 /// Largest control frame a client may send: a 6-byte header and 125 bytes of payload.
@@ -26,48 +28,6 @@ const OP_BINARY: u8 = 0x2;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
-
-/// Something the client sent, complete.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Inbound {
-    /// A whole text message, valid UTF-8.
-    Text(String),
-    /// A whole binary message.
-    Binary(BytesMut),
-    Ping(BytesMut),
-    Pong,
-    /// The client's Close frame: its code, if it carried one.
-    Close(Option<u16>),
-}
-
-/// Why the connection must fail, and the close code that says so.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Violation {
-    /// A framing error: 1002.
-    Protocol(&'static str),
-    /// A text message (or close reason) that is not UTF-8: 1007.
-    BadUtf8,
-    /// A frame or message over the limit: 1009.
-    TooBig,
-}
-
-impl Violation {
-    pub fn code(self) -> u16 {
-        match self {
-            Violation::Protocol(_) => 1002,
-            Violation::BadUtf8 => 1007,
-            Violation::TooBig => 1009,
-        }
-    }
-
-    pub fn describe(self) -> &'static str {
-        match self {
-            Violation::Protocol(why) => why,
-            Violation::BadUtf8 => "text is not valid UTF-8",
-            Violation::TooBig => "frame larger than the limit",
-        }
-    }
-}
 
 /// A fragmented message in progress.
 #[derive(Debug)]

@@ -14,11 +14,12 @@ use herald_proto::control::{self, Control, Query, QueryReply};
 use herald_proto::events::{PodStats, Presence, Stats};
 use herald_proto::{CloseCode, Subjects};
 
+use super::pods::PodTable;
 use crate::bus::{Bus, BusError, Outbound};
+use crate::ids::SessionId;
 use crate::ids::UserId;
 use crate::metrics::Metrics;
-use crate::pods::PodTable;
-use crate::registry::{Kick, Registry};
+use crate::registry::{ClientFrameFor, Kick, Registry};
 
 /// Longest wait for the pods' replies to a query.
 pub const QUERY_TIMEOUT: Duration = Duration::from_millis(750);
@@ -142,6 +143,34 @@ impl Cluster {
         }
         self.pods.settle();
         Ok(found)
+    }
+
+    /// Hand a client frame to SSE session `id` of `user`, wherever it lives: this pod
+    /// directly, else the pod that answers for it. False when no live pod holds it.
+    pub async fn client_frame(
+        &self,
+        user: &UserId,
+        id: SessionId,
+        frame: String,
+    ) -> Result<bool, BusError> {
+        let local = ClientFrameFor {
+            user: user.clone(),
+            id,
+            frame: frame.clone(),
+        };
+        if self.registry.send(local).await.unwrap_or(false) {
+            return Ok(true);
+        }
+        let replies = self
+            .scatter(&Query::ClientFrame {
+                user: user.to_string(),
+                session: id.to_string(),
+                frame,
+            })
+            .await?;
+        Ok(replies
+            .iter()
+            .any(|r| matches!(r, QueryReply::ClientFrame { found: true, .. })))
     }
 
     /// Close every session of the user, on every pod, with 4004. The kick names this pod

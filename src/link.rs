@@ -7,23 +7,45 @@
 //! its own frames (pongs, errors, pings) before queueing them, and bytes are released when
 //! they reach the socket or are dropped. However fast messages are published, one
 //! session's frames in flight never pass its `--outbound-queue-bytes`.
+//!
+//! A frame's size on the wire depends on the session's transport, so the link carries the
+//! transport's measure ([`FrameLen`]): the Registry reserves and the session releases the
+//! same number for the same frame.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-#[derive(Debug)]
+/// Bytes a message frame takes on a transport's wire.
+pub type FrameLen = fn(&[u8]) -> usize;
+
 pub struct Link {
     last_seen_ms: AtomicU64,
     queued: AtomicUsize,
     overflowed: AtomicBool,
+    frame_len: FrameLen,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("last_seen_ms", &self.last_seen_ms)
+            .field("queued", &self.queued)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Link {
-    pub fn new(now_ms: u64) -> Link {
+    pub fn new(now_ms: u64, frame_len: FrameLen) -> Link {
         Link {
             last_seen_ms: AtomicU64::new(now_ms),
             queued: AtomicUsize::new(0),
             overflowed: AtomicBool::new(false),
+            frame_len,
         }
+    }
+
+    /// Bytes `frame` takes on this session's wire.
+    pub fn frame_len(&self, frame: &[u8]) -> usize {
+        (self.frame_len)(frame)
     }
 
     pub fn last_seen_ms(&self) -> u64 {
@@ -73,7 +95,7 @@ mod tests {
 
     #[test]
     fn reservations_stay_within_the_limit() {
-        let link = Link::new(0);
+        let link = Link::new(0, |f| f.len());
         assert!(link.reserve(600, 1000));
         assert!(!link.reserve(500, 1000));
         assert_eq!(link.queued(), 600);

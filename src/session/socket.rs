@@ -1,70 +1,59 @@
-//! WebSocket framing over a socket the Session actor owns outright, with no buffers while
-//! idle.
+//! The byte stream a Session actor owns outright, with no buffers while idle, and the two
+//! futures that move its bytes.
 //!
-//! After the handshake herald takes the TCP stream out of the HTTP layer (see
-//! `http::upgrade`), so a connection costs its socket, its actor and its index entries,
-//! not the HTTP dispatcher's two 8 KiB buffers nor a channel into a response body. Reads go
-//! into a buffer allocated only while bytes are being parsed; writes are appended to one
-//! outbound buffer (the session's byte-bounded queue), coalesced, and written with
-//! non-blocking writes when the socket is writable, from futures that run inside the actor
-//! (`Reader`, `Flusher`), so no extra task exists per connection.
-//!
-//! [`decoder`] owns inbound framing and its limits; [`outbound`] the queue of encoded
-//! frames.
-
-pub mod decoder;
-pub mod outbound;
+//! A WebSocket session owns its TCP stream: after the handshake herald takes it out of the
+//! HTTP layer (see `http::websocket`), so a connection costs its socket, its actor and its
+//! index entries, not the HTTP dispatcher's buffers. An SSE session writes into a [`Pipe`]
+//! whose far end is its HTTP response body. Reads go into a buffer allocated only while
+//! bytes are being parsed; writes are appended to one outbound buffer (the session's
+//! byte-bounded queue), coalesced, and written with non-blocking writes when the socket is
+//! writable, from futures that run inside the actor (`Reader`, `Flusher`), so no extra
+//! task exists per connection.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use actix_http::ws::{CloseReason, OpCode, Parser};
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
-/// Largest header of a server frame (2 bytes + 8 bytes of length).
-pub const MAX_HEADER: usize = 10;
+use super::outbound;
+pub use super::pipe::{Pipe, PipeBody};
 
 /// What a session writes to and reads from.
 pub enum Socket {
     Tcp(TcpStream),
-    /// Accepts every byte at once and counts it; never yields input. Benchmarks use it to
-    /// measure fan-out up to the socket without holding real sockets.
-    Counter(Arc<AtomicU64>),
+    /// The writing end of a response body (SSE): it never yields input, and reports the
+    /// peer gone once the body is dropped.
+    Pipe(Pipe),
 }
 
 impl Socket {
     pub fn poll_read_ready(&self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         match self {
             Socket::Tcp(s) => s.poll_read_ready(cx),
-            Socket::Counter(_) => Poll::Pending,
+            Socket::Pipe(p) => p.poll_gone(cx),
         }
     }
 
     pub fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
             Socket::Tcp(s) => s.try_read_buf(buf),
-            Socket::Counter(_) => Err(io::ErrorKind::WouldBlock.into()),
+            Socket::Pipe(_) => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
 
     pub fn poll_write_ready(&self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         match self {
             Socket::Tcp(s) => s.poll_write_ready(cx),
-            Socket::Counter(_) => Poll::Ready(Ok(())),
+            Socket::Pipe(p) => p.poll_write_ready(cx),
         }
     }
 
     pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Socket::Tcp(s) => s.try_write(buf),
-            Socket::Counter(n) => {
-                n.fetch_add(buf.len() as u64, Ordering::Relaxed);
-                Ok(buf.len())
-            }
+            Socket::Pipe(p) => p.try_write(buf),
         }
     }
 
@@ -72,6 +61,9 @@ impl Socket {
     /// a socket with unread input makes the kernel answer with a reset, which can destroy
     /// the close frame still on its way), then send FIN.
     pub fn finish(&self) {
+        if let Socket::Pipe(p) = self {
+            p.end();
+        }
         if let Socket::Tcp(s) = self {
             let mut scratch = [0u8; 4096];
             for _ in 0..64 {
@@ -83,37 +75,6 @@ impl Socket {
             let _ = socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write);
         }
     }
-}
-
-/// Bytes a text frame of `payload` bytes takes on the wire.
-pub fn text_frame_len(payload: usize) -> usize {
-    payload
-        + match payload {
-            0..=125 => 2,
-            126..=65535 => 4,
-            _ => 10,
-        }
-}
-
-/// Append a text frame.
-pub fn text(out: &mut BytesMut, payload: &[u8]) {
-    Parser::write_message(out, payload, OpCode::Text, true, false);
-}
-
-pub fn ping(out: &mut BytesMut) {
-    Parser::write_message(out, b"", OpCode::Ping, true, false);
-}
-
-pub fn pong(out: &mut BytesMut, payload: &[u8]) {
-    Parser::write_message(out, payload, OpCode::Pong, true, false);
-}
-
-pub fn close(out: &mut BytesMut, code: u16, reason: &str) {
-    let reason = CloseReason {
-        code: actix_http::ws::CloseCode::Other(code),
-        description: Some(reason.to_string()),
-    };
-    Parser::write_close(out, Some(reason), false);
 }
 
 /// Something that owns a socket and an outbound buffer (the Session actor).
@@ -233,32 +194,8 @@ impl<A: Endpoint> actix::ActorFuture<A> for Flusher {
 }
 
 /// Give an empty buffer's memory back unless it is small: idle sessions hold nothing.
-fn release_if_empty(buf: &mut BytesMut) {
+pub(crate) fn release_if_empty(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() > 1024 {
         *buf = BytesMut::new();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_are_encoded_unmasked_with_the_right_opcode() {
-        let mut out = BytesMut::new();
-        text(&mut out, b"hi");
-        assert_eq!(&out[..], &[0x81, 2, b'h', b'i']);
-        out.clear();
-        ping(&mut out);
-        assert_eq!(&out[..], &[0x89, 0]);
-        out.clear();
-        close(&mut out, 4001, "replaced");
-        assert_eq!(out[0], 0x88);
-        assert_eq!(u16::from_be_bytes([out[2], out[3]]), 4001);
-        assert_eq!(&out[4..], b"replaced");
-        out.clear();
-        text(&mut out, &vec![b'x'; 70_000]);
-        assert_eq!(out[1], 127, "64-bit length form");
-        assert_eq!(out.len(), 70_000 + MAX_HEADER);
     }
 }

@@ -1,0 +1,70 @@
+//! The messages the pod's actors send each other, defined below all of them: sessions, the
+//! Registry and the Subscriber know each other only through these types and the
+//! `Recipient`s that carry them, so none of the three imports another.
+//!
+//! Direction of knowledge: sessions and the control plane send to the Registry (its own
+//! messages, `registry::*`); the Registry reaches sessions through [`SessionHandle`] and
+//! the Subscriber through [`InterestHandle`]; the Subscriber sends `registry::Deliver`.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use herald_proto::CloseCode;
+
+use crate::message::Frame;
+
+/// Something for a session to do.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum ForSession {
+    /// Queue a message frame. The sender has reserved the frame's bytes in the session's
+    /// `Link` (see `Link::reserve`); the session releases them.
+    Push(Push),
+    /// Send a heartbeat (a WebSocket ping, an SSE comment). The Registry sends these every
+    /// heartbeat, spread over the interval, so sessions need no timer of their own.
+    Heartbeat,
+    /// Close with a code the Registry decided.
+    Close(CloseCode),
+    /// A client frame that reached the pod another way than the session's own stream
+    /// (an SSE session's POST): handled as if the session had read it.
+    ClientFrame(String),
+}
+
+/// A message frame for one session.
+pub struct Push {
+    pub frame: Frame,
+    /// Set for topic messages: dropped if the session unsubscribed since the fan-out,
+    /// so an unsubscribe stops delivery at once.
+    pub topic: Option<Arc<str>>,
+}
+
+impl Push {
+    pub fn new(frame: Frame) -> Push {
+        Push { frame, topic: None }
+    }
+}
+
+/// How the Registry reaches a session, whatever its transport.
+pub type SessionHandle = Recipient<ForSession>;
+
+/// Start or end interest in a subject.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum Interest {
+    Add(String),
+    Remove(String),
+}
+
+/// Resolves once the subject's subscription is in place (at once if it already is, or if
+/// nobody wants it). A durable live feed resolves once its baseline is known, with the
+/// baseline: every message after it reaches the Registry after this answer.
+#[derive(Message)]
+#[rtype(result = "Option<u64>")]
+pub struct AwaitInterest(pub String);
+
+/// How the Registry reaches the Subscriber.
+#[derive(Clone)]
+pub struct InterestHandle {
+    pub interest: Recipient<Interest>,
+    pub wait: Recipient<AwaitInterest>,
+}
