@@ -109,3 +109,41 @@ async fn every_scenario_runs_and_reports() {
     assert_eq!(s["welcomed"], 100);
     assert!(s["all_welcomed_s"].is_number());
 }
+
+#[tokio::test]
+async fn soak_churns_connections_and_counts_every_message() {
+    let nats = Nats::start().await;
+    let hub = Hub::secured(&["--nats-url", &nats.url()]).await;
+    let soak = load(
+        &hub,
+        &nats,
+        &[
+            "soak",
+            "--connections",
+            "40",
+            "--duration",
+            "3s",
+            "--interval",
+            "1s",
+            "--churn-percent",
+            "300",
+            "--grace",
+            "300ms",
+            "--rate",
+            "100",
+            "--broadcast-rate",
+            "4",
+        ],
+    )
+    .await;
+    assert_eq!(soak["lost"], 0, "{soak}");
+    assert_eq!(soak["unexpected_closes"], 0, "{soak}");
+    assert!(soak["churned"].as_u64().unwrap() >= 3, "{soak}");
+    assert!(
+        soak["expected_deliveries"].as_u64().unwrap() > 300,
+        "{soak}"
+    );
+    let intervals = soak["intervals"].as_array().expect("intervals");
+    assert_eq!(intervals.len(), 3, "{soak}");
+    assert!(intervals[0]["server_rss_kib"].is_number(), "{soak}");
+}

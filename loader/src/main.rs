@@ -1,27 +1,51 @@
-//! `herald-load`: a load generator for herald over real WebSocket connections on loopback.
+//! `herald-load`: a load generator for herald over real connections on loopback.
 //!
-//! Scenarios: `idle` (hold N connections, report connect rate and herald's RSS per
+//! Scenarios: `idle` (hold N connections, report connect rate and the server's RSS per
 //! connection), `broadcast` (M broadcasts via NATS to N connections: deliveries/s and
-//! latency), `addressed` (R messages/s via NATS to random users: latency and loss) and
-//! `storm` (N clients connect at once: time until all are welcomed) and `replay` (durable
+//! latency), `addressed` (R messages/s via NATS to random users: latency and loss),
+//! `storm` (N clients connect at once: time until all are ready), `replay` (durable
 //! mode: M messages stored for one user, then reconnects with `since=` timed until the
-//! last replayed message has arrived). Each run prints a
-//! human summary and one JSON line with every figure. `--read-delay-ms` turns every client
-//! into a slow reader (for herald's outbound bound: `idle` holds them while another tool
-//! publishes).
+//! last replayed message has arrived) and `soak` (N connections churning, addressed and
+//! broadcast traffic for a long time: RSS and p99 per interval, total loss). Each run
+//! prints a human summary and one JSON line with every figure. `--read-delay-ms` turns
+//! every client into a slow reader (for herald's outbound bound: `idle` holds them while
+//! another tool publishes).
 //!
-//! One process can hold about 19,000 sockets (the open-file limit is 20,000): past that,
-//! run several loader processes (and several herald pods). Source addresses are spread
-//! over 127.0.0.0/8 so one address's ephemeral ports never run out.
+//! Clients speak herald's protocol over WebSocket (default) or SSE (`--transport sse`), or,
+//! with `--proto nats-ws`, the NATS protocol to a nats-server `websocket` listener (the
+//! peer herald is compared with): they subscribe to the subjects herald would subscribe to
+//! for them, and the loader publishes over plain NATS exactly as for herald.
+//!
+//! One process can hold a little under 20,000 sockets (the open-file limit is 20,000): past
+//! that, run several loader processes (and several herald pods). Source addresses are
+//! spread over 127.0.0.0/8 so one address's ephemeral ports never run out.
 
 mod conn;
+mod nats_proto;
 mod report;
 mod scenarios;
+mod sse;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// What the clients speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Proto {
+    /// herald's protocol (`/websocket/<user>` or `/sse/<user>`).
+    Herald,
+    /// NATS inside WebSocket frames, to a nats-server `websocket` listener (no TLS).
+    NatsWs,
+}
+
+/// How herald clients connect (`--proto herald` only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    Ws,
+    Sse,
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,10 +61,17 @@ struct Cli {
 
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// herald address (host:port); repeat for several pods, connections go round-robin.
+    /// Server address (host:port): herald, or with `--proto nats-ws` nats-server's
+    /// websocket listener; repeat for several, connections go round-robin.
     #[arg(long = "hub", default_value = "127.0.0.1:8080", global = true)]
     pub hubs: Vec<SocketAddr>,
-    /// NATS URL for publishing (broadcast and addressed scenarios).
+    /// Client protocol: herald's, or NATS over WebSocket to nats-server (for comparison).
+    #[arg(long, value_enum, default_value_t = Proto::Herald, global = true)]
+    pub proto: Proto,
+    /// herald transport: WebSocket or Server-Sent Events (`GET /sse/<user>`).
+    #[arg(long, value_enum, default_value_t = Transport::Ws, global = true)]
+    pub transport: Transport,
+    /// NATS URL for publishing (broadcast, addressed and soak scenarios).
     #[arg(long, default_value = "nats://127.0.0.1:4222", global = true)]
     pub nats_url: String,
     #[arg(long, default_value = "herald", global = true)]
@@ -48,10 +79,12 @@ pub struct Common {
     /// HS256 secret to sign tokens with; unset = no token (herald in unsigned mode).
     #[arg(long, env = "HERALD_JWT_SECRET", global = true, hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// herald process ids whose RSS to report; repeatable.
-    #[arg(long = "herald-pid", global = true)]
+    /// Server process ids whose RSS and CPU to report (herald pods, or with `--proto
+    /// nats-ws` the nats-server); repeatable.
+    #[arg(long = "herald-pid", visible_alias = "server-pid", global = true)]
     pub herald_pids: Vec<u32>,
-    /// nats-server process ids whose CPU to report beside herald's; repeatable.
+    /// nats-server process ids whose CPU (and RSS) to report beside the server's: herald's
+    /// bus; repeatable.
     #[arg(long = "nats-pid", global = true)]
     pub nats_pids: Vec<u32>,
     /// Handshakes in flight at once (not for `storm`).
@@ -93,7 +126,7 @@ enum Scenario {
         connections: usize,
         #[arg(long, default_value_t = 100)]
         messages: usize,
-        /// Broadcasts per second.
+        /// Broadcasts per second; 0 = all at once, as fast as the publisher can.
         #[arg(long, default_value_t = 20.0)]
         rate: f64,
         /// Only listen (another process publishes the same number of broadcasts).
@@ -113,6 +146,31 @@ enum Scenario {
     Storm {
         #[arg(long, default_value_t = 1000)]
         connections: usize,
+    },
+    /// N connections for a long time: every minute a share of them closes and reconnects,
+    /// while addressed messages and broadcasts flow; RSS and latency per interval, and
+    /// every message sent checked against what arrived (connections about to close get
+    /// no new messages; a grace period lets the last ones arrive).
+    Soak {
+        #[arg(long, default_value_t = 19000)]
+        connections: usize,
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Percent of the connections closed and reopened per minute.
+        #[arg(long, default_value_t = 10.0)]
+        churn_percent: f64,
+        /// Addressed messages per second (to random ready users).
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Broadcasts per second.
+        #[arg(long, default_value_t = 1.0)]
+        broadcast_rate: f64,
+        /// How long a connection taken out of the traffic stays open before it closes.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        /// Report every this long.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        interval: Duration,
     },
     /// Durable mode: M messages published through JetStream to one user, then R reconnects
     /// with `since=` the cursor before them, each timed until the M-th replayed message.
@@ -156,6 +214,29 @@ fn main() -> std::process::ExitCode {
                 duration,
             } => scenarios::addressed(&c, users, rate, duration).await,
             Scenario::Storm { connections } => scenarios::storm(&c, connections).await,
+            Scenario::Soak {
+                connections,
+                duration,
+                churn_percent,
+                rate,
+                broadcast_rate,
+                grace,
+                interval,
+            } => {
+                scenarios::soak(
+                    &c,
+                    scenarios::SoakPlan {
+                        connections,
+                        duration,
+                        churn_percent,
+                        rate,
+                        broadcast_rate,
+                        grace,
+                        interval,
+                    },
+                )
+                .await
+            }
             Scenario::Replay {
                 messages,
                 repeat,

@@ -1,23 +1,60 @@
 //! The scenarios. Each opens its connections, drives the load, waits for the
 //! deliveries it expects (or the timeout) and returns a [`Report`].
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures_util::stream::{self, StreamExt};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 
-use crate::conn::{connect, cpu_secs, now_ns, open, rss_kib, target, Shared, Ws};
+use crate::conn::{
+    connect, cpu_secs, now_ns, open, open_files_limit, rss_kib, target, Shared, Slot, Ws,
+};
 use crate::report::{ms, Report};
-use crate::Common;
+use crate::{Common, Proto, Transport};
+
+/// What the server processes (`--herald-pid` / `--server-pid`) are, in human lines.
+fn server_name(c: &Common) -> &'static str {
+    match c.proto {
+        Proto::Herald => "herald",
+        Proto::NatsWs => "nats-server",
+    }
+}
+
+/// Record `server_<key>` (every protocol, for side-by-side runs) and, for herald,
+/// `herald_<key>` as well (the name earlier results and scripts use).
+fn server_value(r: &mut Report, c: &Common, key: &str, value: impl Into<serde_json::Value>) {
+    let value = value.into();
+    if c.proto == Proto::Herald {
+        r.value(&format!("herald_{key}"), value.clone());
+    }
+    r.value(&format!("server_{key}"), value);
+}
+
+/// Refuse more connections than this process may open files for (each is a socket; a few
+/// more for the runtime and the NATS publisher).
+fn check_open_files(n: usize) -> anyhow::Result<()> {
+    if let Some(limit) = open_files_limit() {
+        anyhow::ensure!(
+            n + 32 <= limit,
+            "{n} connections need more than this process's open-file limit of {limit}: \
+             raise it (ulimit -n) or split the connections over several loader processes \
+             (--user-prefix and --first-source-ip of their own)"
+        );
+    }
+    Ok(())
+}
 
 struct Opened {
     handles: Vec<tokio::task::JoinHandle<()>>,
     failures: usize,
     first_error: Option<String>,
+    /// Until every handshake had completed (`concurrency` in flight).
     elapsed: Duration,
+    /// Until every opened session was ready (welcomed; for NATS, subscribed).
+    ready_elapsed: Duration,
 }
 
 async fn open_all(c: &Common, n: usize, concurrency: usize, shared: &Arc<Shared>) -> Opened {
@@ -27,7 +64,7 @@ async fn open_all(c: &Common, n: usize, concurrency: usize, shared: &Arc<Shared>
             let shared = shared.clone();
             async move {
                 let (_, _, user) = target(c, i);
-                open(c, i, &user, shared).await
+                open(c, i, &user, shared, None).await
             }
         })
         .buffer_unordered(concurrency.max(1))
@@ -45,16 +82,18 @@ async fn open_all(c: &Common, n: usize, concurrency: usize, shared: &Arc<Shared>
             }
         }
     }
-    let opened = Opened {
+    let mut opened = Opened {
         handles,
         failures,
         first_error,
         elapsed: started.elapsed(),
+        ready_elapsed: Duration::ZERO,
     };
     wait_for(shared, c.timeout, |s| {
         s.welcomed.load(Ordering::Relaxed) >= opened.handles.len()
     })
     .await;
+    opened.ready_elapsed = started.elapsed();
     opened
 }
 
@@ -80,9 +119,62 @@ fn cpu_total(pids: &[u32]) -> Option<f64> {
     pids.iter().map(|p| cpu_secs(*p)).sum()
 }
 
-/// herald CPU per unit of work between two readings, in microseconds.
-fn cpu_figure(r: &mut Report, before: Option<f64>, pids: &[u32], units: u64, what: &str) {
-    process_cpu_figure(r, "herald", before, pids, units, what);
+/// CPU per unit of work between two readings, in microseconds: the server's
+/// (`server_cpu_us_per_<what>`, and `herald_...` for herald), its nats-server's
+/// (`nats_...`, with `--nats-pid`) and both together (`server_nats_...`): for herald in
+/// NATS mode, what a delivery costs the hub and its bus.
+struct CpuWindow {
+    server: Option<f64>,
+    nats: Option<f64>,
+}
+
+impl CpuWindow {
+    fn start(c: &Common) -> CpuWindow {
+        CpuWindow {
+            server: cpu_total(&c.herald_pids),
+            nats: cpu_total(&c.nats_pids),
+        }
+    }
+
+    fn finish(&self, r: &mut Report, c: &Common, units: u64, what: &str) {
+        let per = |before: f64, after: f64| {
+            let us = (after - before) * 1e6 / units.max(1) as f64;
+            (us * 100.0).round() / 100.0
+        };
+        let server = self.server.zip(cpu_total(&c.herald_pids));
+        let nats = self.nats.zip(cpu_total(&c.nats_pids));
+        if let Some((b, a)) = server {
+            let us = per(b, a);
+            server_value(r, c, &format!("cpu_us_per_{what}"), us);
+            r.lines.push(format!(
+                "{} CPU: {:.2} s, {us:.2} µs per {what}",
+                server_name(c),
+                a - b
+            ));
+        }
+        if let Some((b, a)) = nats {
+            let us = per(b, a);
+            r.figure(
+                &format!("nats_cpu_us_per_{what}"),
+                us,
+                format!(
+                    "nats-server (bus) CPU: {:.2} s, {us:.2} µs per {what}",
+                    a - b
+                ),
+            );
+        }
+        if let (Some((b, a)), Some((nb, na))) = (server, nats) {
+            let us = per(b + nb, a + na);
+            r.figure(
+                &format!("server_nats_cpu_us_per_{what}"),
+                us,
+                format!(
+                    "{} and its nats-server: {us:.2} µs per {what}",
+                    server_name(c)
+                ),
+            );
+        }
+    }
 }
 
 /// `process`'s CPU (the sum over `pids`) per unit of work between two readings.
@@ -159,7 +251,7 @@ impl MachineWindow {
             round(busy),
             format!(
                 "machine: {busy:.2} s of CPU busy in {wall:.2} s on {cores} cores; {others:.2} s of it \
-                 not herald, nats-server or the loader"
+                 not the servers or the loader"
             ),
         );
         r.value("other_cpu_s", round(others));
@@ -186,12 +278,39 @@ fn connection_figures(r: &mut Report, n: usize, o: &Opened, shared: &Shared) {
         rate.round(),
         format!("connect rate: {rate:.0}/s"),
     );
+    let welcomed = shared.welcomed.load(Ordering::Relaxed);
+    let ready_rate = welcomed as f64 / o.ready_elapsed.as_secs_f64().max(1e-9);
+    r.figure(
+        "ready_per_s",
+        ready_rate.round(),
+        format!(
+            "ready rate: {ready_rate:.0}/s ({welcomed} sessions ready in {:.3} s)",
+            o.ready_elapsed.as_secs_f64()
+        ),
+    );
     r.figure("failures", o.failures, format!("failures: {}", o.failures));
     if let Some(e) = &o.first_error {
         r.figure("first_error", e.as_str(), format!("first error: {e}"));
     }
-    r.value("welcomed", shared.welcomed.load(Ordering::Relaxed));
-    if o.failures > 0 {
+    r.value("welcomed", welcomed);
+    if o.failures > 0 || welcomed < o.handles.len() {
+        r.failed = true;
+    }
+    session_errors(r, shared);
+}
+
+/// Connections that failed after their handshake (any protocol error).
+fn session_errors(r: &mut Report, shared: &Shared) {
+    let errors = shared.errors.load(Ordering::Relaxed);
+    if errors > 0 {
+        r.figure(
+            "session_errors",
+            errors,
+            format!(
+                "connections failed after the handshake: {errors} (first: {})",
+                shared.first_error().unwrap_or_default()
+            ),
+        );
         r.failed = true;
     }
 }
@@ -221,7 +340,9 @@ fn latency_figures(r: &mut Report, shared: &Shared) {
 }
 
 pub async fn idle(c: &Common, n: usize, hold: Duration) -> anyhow::Result<Report> {
+    check_open_files(n)?;
     let before = rss_total(&c.herald_pids);
+    let nats_before = rss_total(&c.nats_pids);
     let shared = Shared::new(0);
     let opened = open_all(c, n, c.concurrency, &shared).await;
     let mut r = Report::new("idle");
@@ -236,18 +357,40 @@ pub async fn idle(c: &Common, n: usize, hold: Duration) -> anyhow::Result<Report
     if still_open < opened.handles.len() {
         r.failed = true;
     }
-    if let (Some(b), Some(a)) = (before, rss_total(&c.herald_pids)) {
-        let per = (a.saturating_sub(b)) as f64 / still_open.max(1) as f64;
+    let per_conn = |b: u64, a: u64| {
+        let per = a.saturating_sub(b) as f64 / still_open.max(1) as f64;
+        (per * 100.0).round() / 100.0
+    };
+    let server = before.zip(rss_total(&c.herald_pids));
+    let nats = nats_before.zip(rss_total(&c.nats_pids));
+    let name = server_name(c);
+    if let Some((b, a)) = server {
+        let per = per_conn(b, a);
+        server_value(&mut r, c, "rss_before_kib", b);
+        server_value(&mut r, c, "rss_after_kib", a);
+        server_value(&mut r, c, "rss_per_conn_kib", per);
+        r.lines.push(format!(
+            "{name} RSS: {b} KiB before, {a} KiB with the connections open: {per:.2} KiB per connection"
+        ));
+    }
+    if let Some((b, a)) = nats {
+        let per = per_conn(b, a);
+        r.value("nats_rss_before_kib", b);
+        r.value("nats_rss_after_kib", a);
         r.figure(
-            "herald_rss_before_kib",
-            b,
-            format!("herald RSS: {b} KiB before, {a} KiB with the connections open"),
+            "nats_rss_per_conn_kib",
+            per,
+            format!(
+                "nats-server (bus) RSS: {b} KiB before, {a} KiB after: {per:.2} KiB per connection"
+            ),
         );
-        r.value("herald_rss_after_kib", a);
+    }
+    if let (Some((b, a)), Some((nb, na))) = (server, nats) {
+        let per = per_conn(b + nb, a + na);
         r.figure(
-            "herald_rss_per_conn_kib",
-            (per * 100.0).round() / 100.0,
-            format!("herald RSS per connection: {per:.2} KiB"),
+            "server_nats_rss_per_conn_kib",
+            per,
+            format!("{name} and its nats-server: {per:.2} KiB per connection"),
         );
     }
     if let Some(me) = rss_kib(std::process::id()) {
@@ -263,22 +406,32 @@ pub async fn broadcast(
     rate: f64,
     publish: bool,
 ) -> anyhow::Result<Report> {
+    check_open_files(n)?;
     let shared = Shared::new(messages);
     let opened = open_all(c, n, c.concurrency, &shared).await;
     let mut r = Report::new("broadcast");
     connection_figures(&mut r, n, &opened, &shared);
     let expected = (opened.handles.len() * messages) as u64;
-    let cpu_before = cpu_total(&c.herald_pids);
+    let nats = if publish {
+        Some(
+            async_nats::connect(&c.nats_url)
+                .await
+                .context("connecting to NATS")?,
+        )
+    } else {
+        None
+    };
+    let cpu = CpuWindow::start(c);
+    let machine = MachineWindow::start(c);
     let started_ns = now_ns();
-    if publish {
-        let nats = async_nats::connect(&c.nats_url)
-            .await
-            .context("connecting to NATS")?;
-        let subject = format!("{}.broadcast", c.subject_prefix);
+    if let Some(nats) = nats {
+        let subject = herald_proto::Subjects::new(c.subject_prefix.clone()).broadcast();
         let started = Instant::now();
         for m in 0..messages {
-            let due = started + Duration::from_secs_f64(m as f64 / rate.max(0.001));
-            tokio::time::sleep_until(due.into()).await;
+            if rate > 0.0 {
+                let due = started + Duration::from_secs_f64(m as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
             let payload = format!(r#"{{"t":{},"seq":{m}}}"#, now_ns());
             nats.publish(subject.clone(), payload.into()).await?;
         }
@@ -307,7 +460,11 @@ pub async fn broadcast(
     r.figure(
         "messages",
         messages,
-        format!("broadcasts: {messages} at {rate}/s"),
+        if rate > 0.0 {
+            format!("broadcasts: {messages} at {rate}/s")
+        } else {
+            format!("broadcasts: {messages}, all at once")
+        },
     );
     r.figure(
         "deliveries",
@@ -345,8 +502,10 @@ pub async fn broadcast(
     }
     latency_figures(&mut r, &shared);
     if delivered > 0 {
-        cpu_figure(&mut r, cpu_before, &c.herald_pids, delivered, "delivery");
+        cpu.finish(&mut r, c, delivered, "delivery");
     }
+    machine.finish(&mut r);
+    session_errors(&mut r, &shared);
     if !complete {
         r.failed = true;
     }
@@ -359,6 +518,7 @@ pub async fn addressed(
     rate: f64,
     duration: Duration,
 ) -> anyhow::Result<Report> {
+    check_open_files(users)?;
     let total = (rate * duration.as_secs_f64()).ceil() as usize;
     let shared = Shared::new(total);
     let opened = open_all(c, users, c.concurrency, &shared).await;
@@ -367,8 +527,7 @@ pub async fn addressed(
     let nats = async_nats::connect(&c.nats_url)
         .await
         .context("connecting to NATS")?;
-    let cpu_before = cpu_total(&c.herald_pids);
-    let nats_cpu_before = cpu_total(&c.nats_pids);
+    let cpu = CpuWindow::start(c);
     let me = [std::process::id()];
     let loader_cpu_before = cpu_total(&me);
     let machine = MachineWindow::start(c);
@@ -376,6 +535,7 @@ pub async fn addressed(
     let started = Instant::now();
     let mut sent = 0usize;
     let mut rng = rand::rng();
+    let subjects = herald_proto::Subjects::new(c.subject_prefix.clone());
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     while sent < total {
@@ -385,8 +545,7 @@ pub async fn addressed(
             let user = rng.random_range(0..opened.handles.len().max(1));
             let (_, _, name) = target(c, user);
             let payload = format!(r#"{{"t":{},"seq":{sent}}}"#, now_ns());
-            nats.publish(format!("{}.user.{name}", c.subject_prefix), payload.into())
-                .await?;
+            nats.publish(subjects.user(&name), payload.into()).await?;
             sent += 1;
         }
     }
@@ -431,15 +590,7 @@ pub async fn addressed(
         ),
     );
     latency_figures(&mut r, &shared);
-    cpu_figure(&mut r, cpu_before, &c.herald_pids, sent as u64, "message");
-    process_cpu_figure(
-        &mut r,
-        "nats",
-        nats_cpu_before,
-        &c.nats_pids,
-        sent as u64,
-        "message",
-    );
+    cpu.finish(&mut r, c, sent as u64, "message");
     // The loader shares the machine: its own share of the cores.
     process_cpu_figure(
         &mut r,
@@ -450,6 +601,7 @@ pub async fn addressed(
         "message",
     );
     machine.finish(&mut r);
+    session_errors(&mut r, &shared);
     if !complete {
         r.failed = true;
     }
@@ -457,6 +609,7 @@ pub async fn addressed(
 }
 
 pub async fn storm(c: &Common, n: usize) -> anyhow::Result<Report> {
+    check_open_files(n)?;
     let shared = Shared::new(0);
     let started = Instant::now();
     // Everyone at once: no limit on handshakes in flight.
@@ -585,12 +738,16 @@ pub async fn replay(
     payload_bytes: usize,
 ) -> anyhow::Result<Report> {
     anyhow::ensure!(repeat > 0, "--repeat must be at least 1");
+    anyhow::ensure!(
+        c.proto == Proto::Herald && c.transport == Transport::Ws,
+        "replay is herald's durable mode over WebSocket (--proto herald --transport ws)"
+    );
     let user = format!("{}r{}", c.user_prefix, now_ns() % 1_000_000_000);
     let nats = async_nats::connect(&c.nats_url)
         .await
         .context("connecting to NATS")?;
     let js = async_nats::jetstream::new(nats.clone());
-    let subject = format!("{}.user.{user}", c.subject_prefix);
+    let subject = herald_proto::Subjects::new(c.subject_prefix.clone()).user(&user);
 
     // A live session gives the cursor of a marker message, the one before the others.
     let mut live = connect(c, 0, &user, None).await?;
@@ -699,6 +856,442 @@ pub async fn replay(
                 format!("{process} CPU over the {repeat} replays: {:.2} s, {per:.2} µs per replayed message", a - b),
             );
         }
+    }
+    Ok(r)
+}
+
+/// What `soak` runs (see `Scenario::Soak`).
+pub struct SoakPlan {
+    pub connections: usize,
+    pub duration: Duration,
+    pub churn_percent: f64,
+    pub rate: f64,
+    pub broadcast_rate: f64,
+    pub grace: Duration,
+    pub interval: Duration,
+}
+
+/// One connection slot of the soak: its current connection and what it is owed.
+#[derive(Default)]
+struct SoakSlot {
+    /// In the traffic: messages are sent to it (and counted in `expected`).
+    live: AtomicBool,
+    /// Being closed or reopened.
+    busy: AtomicBool,
+    /// Messages sent that this slot's current connection should receive.
+    expected: AtomicU64,
+    conn: std::sync::Mutex<Option<(Arc<Slot>, tokio::task::JoinHandle<()>)>>,
+}
+
+/// Totals over every connection the soak closed (and, at the end, every one left).
+#[derive(Default)]
+struct SoakTally {
+    expected: AtomicU64,
+    received: AtomicU64,
+    lost: AtomicU64,
+    extra: AtomicU64,
+    churned: AtomicU64,
+    reopen_failures: AtomicU64,
+    /// Connections that closed without being asked (server close, error).
+    unexpected_closes: AtomicU64,
+}
+
+struct Soak {
+    c: Common,
+    shared: Arc<Shared>,
+    slots: Vec<SoakSlot>,
+    tally: SoakTally,
+    grace: Duration,
+}
+
+impl Soak {
+    /// Open slot `i`'s connection and wait until its session is ready; then it is live.
+    async fn open_slot(&self, i: usize) -> anyhow::Result<()> {
+        let (_, _, user) = target(&self.c, i);
+        let slot = Arc::new(Slot::default());
+        let handle = open(&self.c, i, &user, self.shared.clone(), Some(slot.clone())).await?;
+        let deadline = Instant::now() + self.c.timeout;
+        while !slot.ready.load(Ordering::Acquire) {
+            if handle.is_finished() || Instant::now() >= deadline {
+                handle.abort();
+                anyhow::bail!("session {user} not ready");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let s = &self.slots[i];
+        s.expected.store(0, Ordering::Relaxed);
+        // What arrived before the slot is live was not counted as owed (broadcasts published
+        // while it subscribed): start from zero.
+        slot.received.store(0, Ordering::Relaxed);
+        *s.conn.lock().expect("slot lock") = Some((slot, handle));
+        s.live.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Take slot `i` out of the traffic, let what was sent to it arrive (`grace`), close
+    /// it and count what it got against what it was owed.
+    async fn close_slot(&self, i: usize, grace: bool) {
+        let s = &self.slots[i];
+        s.live.store(false, Ordering::Release);
+        if grace {
+            tokio::time::sleep(self.grace).await;
+        }
+        let conn = s.conn.lock().expect("slot lock").take();
+        let Some((slot, handle)) = conn else {
+            return;
+        };
+        slot.close();
+        if tokio::time::timeout(Duration::from_secs(5), handle)
+            .await
+            .is_err()
+        {
+            // The reader did not finish its close in time; drop the connection.
+        }
+        let expected = s.expected.swap(0, Ordering::Relaxed);
+        let received = slot.received.load(Ordering::Relaxed);
+        let t = &self.tally;
+        t.expected.fetch_add(expected, Ordering::Relaxed);
+        t.received.fetch_add(received, Ordering::Relaxed);
+        t.lost
+            .fetch_add(expected.saturating_sub(received), Ordering::Relaxed);
+        t.extra
+            .fetch_add(received.saturating_sub(expected), Ordering::Relaxed);
+    }
+
+    /// Close slot `i` and open it again (retrying a failed reopen a few times).
+    async fn churn(&self, i: usize, grace: bool) {
+        self.close_slot(i, grace).await;
+        self.tally.churned.fetch_add(1, Ordering::Relaxed);
+        for attempt in 0..3 {
+            match self.open_slot(i).await {
+                Ok(()) => break,
+                Err(_) => {
+                    self.tally.reopen_failures.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                }
+            }
+        }
+        self.slots[i].busy.store(false, Ordering::Release);
+    }
+
+    /// Whether slot `i`'s connection closed without being asked.
+    fn died(&self, i: usize) -> bool {
+        let s = &self.slots[i];
+        s.live.load(Ordering::Acquire)
+            && s.conn
+                .lock()
+                .expect("slot lock")
+                .as_ref()
+                .is_some_and(|(slot, _)| !slot.ready.load(Ordering::Acquire))
+    }
+
+    fn live_count(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.live.load(Ordering::Relaxed))
+            .count()
+    }
+}
+
+/// Soak: `connections` sessions; every minute `churn_percent` % of them (random ones, each
+/// taken out of the traffic `grace` before it closes) close and reconnect; meanwhile
+/// `rate` addressed messages per second to random live users and `broadcast_rate`
+/// broadcasts per second, all via NATS. Every `interval`: live connections, the server's
+/// RSS, latency of that interval, deliveries; at the end, what every connection was sent
+/// against what it received.
+pub async fn soak(c: &Common, plan: SoakPlan) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        c.sessions_per_user.max(1) == 1,
+        "soak counts what each connection is owed: one session per user"
+    );
+    anyhow::ensure!(plan.connections > 0, "--connections must be at least 1");
+    check_open_files(plan.connections)?;
+    let shared = Shared::new(0);
+    let soak = Arc::new(Soak {
+        c: c.clone(),
+        shared: shared.clone(),
+        slots: (0..plan.connections).map(|_| SoakSlot::default()).collect(),
+        tally: SoakTally::default(),
+        grace: plan.grace,
+    });
+    let name = server_name(c);
+
+    // Everyone in, `concurrency` handshakes at a time.
+    let started = Instant::now();
+    let failures = stream::iter(0..plan.connections)
+        .map(|i| {
+            let soak = soak.clone();
+            async move { soak.open_slot(i).await.is_err() }
+        })
+        .buffer_unordered(c.concurrency.max(1))
+        .filter(|failed| std::future::ready(*failed))
+        .count()
+        .await;
+    let open_s = started.elapsed().as_secs_f64();
+    let mut r = Report::new("soak");
+    r.figure(
+        "connections",
+        plan.connections,
+        format!(
+            "connections: {} asked, {} ready in {open_s:.2} s, {failures} failed",
+            plan.connections,
+            soak.live_count()
+        ),
+    );
+    r.value("failures", failures);
+    let nats = async_nats::connect(&c.nats_url)
+        .await
+        .context("connecting to NATS")?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent_addressed = Arc::new(AtomicU64::new(0));
+    let sent_broadcasts = Arc::new(AtomicU64::new(0));
+
+    // The traffic: addressed messages and broadcasts on one 1 ms tick.
+    let publisher = {
+        let (soak, stop, nats) = (soak.clone(), stop.clone(), nats.clone());
+        let (sent_a, sent_b) = (sent_addressed.clone(), sent_broadcasts.clone());
+        let prefix = herald_proto::Subjects::new(c.subject_prefix.clone());
+        let (rate, broadcast_rate) = (plan.rate, plan.broadcast_rate);
+        tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::from_os_rng();
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let started = Instant::now();
+            let (mut addressed, mut broadcasts, mut seq) = (0u64, 0u64, 0u64);
+            let n = soak.slots.len();
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let t = started.elapsed().as_secs_f64();
+                while (addressed as f64) < t * rate {
+                    addressed += 1;
+                    // A random live slot (the next live one after a random start).
+                    let start = rng.random_range(0..n);
+                    let Some(i) = (0..n)
+                        .map(|k| (start + k) % n)
+                        .find(|&i| soak.slots[i].live.load(Ordering::Acquire))
+                    else {
+                        continue;
+                    };
+                    soak.slots[i].expected.fetch_add(1, Ordering::Relaxed);
+                    let (_, _, user) = target(&soak.c, i);
+                    let payload = format!(r#"{{"t":{},"seq":{seq}}}"#, now_ns());
+                    seq += 1;
+                    if nats
+                        .publish(prefix.user(&user), payload.into())
+                        .await
+                        .is_ok()
+                    {
+                        sent_a.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                while (broadcasts as f64) < t * broadcast_rate {
+                    broadcasts += 1;
+                    for s in &soak.slots {
+                        if s.live.load(Ordering::Acquire) {
+                            s.expected.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    let payload = format!(r#"{{"t":{},"seq":{seq},"b":1}}"#, now_ns());
+                    seq += 1;
+                    if nats
+                        .publish(prefix.broadcast(), payload.into())
+                        .await
+                        .is_ok()
+                    {
+                        sent_b.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+
+    // The churn: one random live slot at a time, evenly spread over each minute; slots
+    // whose connection died are reopened at once (their loss counts).
+    let churner = {
+        let (soak, stop) = (soak.clone(), stop.clone());
+        let per_min = plan.connections as f64 * plan.churn_percent / 100.0;
+        tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::from_os_rng();
+            let n = soak.slots.len();
+            let every = if per_min > 0.0 {
+                Duration::from_secs_f64(60.0 / per_min)
+            } else {
+                Duration::from_secs(3600)
+            };
+            let mut tick = tokio::time::interval(every.min(Duration::from_secs(1)));
+            let mut next_churn = Instant::now() + every;
+            let mut next_sweep = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                if Instant::now() >= next_sweep {
+                    next_sweep += Duration::from_secs(1);
+                    for i in 0..n {
+                        if soak.died(i) && !soak.slots[i].busy.swap(true, Ordering::AcqRel) {
+                            soak.tally.unexpected_closes.fetch_add(1, Ordering::Relaxed);
+                            let soak = soak.clone();
+                            tokio::spawn(async move { soak.churn(i, false).await });
+                        }
+                    }
+                }
+                while per_min > 0.0 && Instant::now() >= next_churn {
+                    next_churn += every;
+                    let start = rng.random_range(0..n);
+                    let pick = (0..n).map(|k| (start + k) % n).find(|&i| {
+                        soak.slots[i].live.load(Ordering::Acquire)
+                            && !soak.slots[i].busy.swap(true, Ordering::AcqRel)
+                    });
+                    if let Some(i) = pick {
+                        let soak = soak.clone();
+                        tokio::spawn(async move { soak.churn(i, true).await });
+                    }
+                }
+            }
+        })
+    };
+
+    // Every interval: a line, and a sample for the JSON.
+    let mut samples = Vec::new();
+    let run_started = Instant::now();
+    let mut last = (0u64, 0u64, 0u64, cpu_total(&c.herald_pids), Instant::now());
+    println!(
+        "  {name}: t_s live server_rss_kib bus_rss_kib deliveries sent churned closed_unasked \
+         p50_ms p99_ms max_ms server_cpu_%"
+    );
+    shared.take_latency();
+    while run_started.elapsed() < plan.duration {
+        let left = plan.duration.saturating_sub(run_started.elapsed());
+        tokio::time::sleep(plan.interval.min(left)).await;
+        let h = shared.take_latency();
+        let deliveries = shared.deliveries.load(Ordering::Relaxed);
+        let sent = sent_addressed.load(Ordering::Relaxed) + sent_broadcasts.load(Ordering::Relaxed);
+        let churned = soak.tally.churned.load(Ordering::Relaxed);
+        let cpu = cpu_total(&c.herald_pids);
+        let wall = last.4.elapsed().as_secs_f64();
+        let cpu_pct = cpu
+            .zip(last.3)
+            .map(|(a, b)| ((a - b) / wall.max(1e-9) * 1000.0).round() / 10.0);
+        let (p50, p99, max) = if h.is_empty() {
+            (0.0, 0.0, 0.0)
+        } else {
+            (
+                ms(h.value_at_quantile(0.5)),
+                ms(h.value_at_quantile(0.99)),
+                ms(h.max()),
+            )
+        };
+        let sample = serde_json::json!({
+            "t_s": run_started.elapsed().as_secs(),
+            "live": soak.live_count(),
+            "server_rss_kib": rss_total(&c.herald_pids),
+            "nats_rss_kib": rss_total(&c.nats_pids),
+            "deliveries": deliveries - last.0,
+            "sent": sent - last.1,
+            "churned": churned - last.2,
+            "unexpected_closes": soak.tally.unexpected_closes.load(Ordering::Relaxed),
+            "latency_p50_ms": p50,
+            "latency_p99_ms": p99,
+            "latency_max_ms": max,
+            "server_cpu_percent": cpu_pct,
+        });
+        let v = |k: &str| sample[k].to_string();
+        println!(
+            "  {} {} {} {} {} {} {} {} {p50:.3} {p99:.3} {max:.3} {}",
+            v("t_s"),
+            v("live"),
+            v("server_rss_kib"),
+            v("nats_rss_kib"),
+            v("deliveries"),
+            v("sent"),
+            v("churned"),
+            v("unexpected_closes"),
+            v("server_cpu_percent"),
+        );
+        samples.push(sample);
+        last = (deliveries, sent, churned, cpu, Instant::now());
+    }
+
+    // Stop the traffic and the churn, let the last messages and reopenings finish, then
+    // count every connection left.
+    stop.store(true, Ordering::Relaxed);
+    let _ = publisher.await;
+    let _ = churner.await;
+    let _ = nats.flush().await;
+    let settle = Instant::now() + plan.grace + c.timeout;
+    while soak.slots.iter().any(|s| s.busy.load(Ordering::Acquire)) && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(plan.grace).await;
+    let remaining: Vec<usize> = (0..soak.slots.len())
+        .filter(|&i| !soak.slots[i].busy.load(Ordering::Acquire))
+        .collect();
+    for i in remaining {
+        soak.close_slot(i, false).await;
+    }
+
+    let t = &soak.tally;
+    let (expected, received, lost, extra) = (
+        t.expected.load(Ordering::Relaxed),
+        t.received.load(Ordering::Relaxed),
+        t.lost.load(Ordering::Relaxed),
+        t.extra.load(Ordering::Relaxed),
+    );
+    let (sent_a, sent_b) = (
+        sent_addressed.load(Ordering::Relaxed),
+        sent_broadcasts.load(Ordering::Relaxed),
+    );
+    r.figure(
+        "duration_s",
+        plan.duration.as_secs(),
+        format!(
+            "{} s: {sent_a} addressed messages ({}/s) and {sent_b} broadcasts ({}/s) published",
+            plan.duration.as_secs(),
+            plan.rate,
+            plan.broadcast_rate
+        ),
+    );
+    r.value("sent_addressed", sent_a);
+    r.value("sent_broadcasts", sent_b);
+    r.figure(
+        "churned",
+        t.churned.load(Ordering::Relaxed),
+        format!(
+            "connections closed and reopened: {} ({} % a minute), reopen failures {}, closed unasked {}",
+            t.churned.load(Ordering::Relaxed),
+            plan.churn_percent,
+            t.reopen_failures.load(Ordering::Relaxed),
+            t.unexpected_closes.load(Ordering::Relaxed)
+        ),
+    );
+    r.value("reopen_failures", t.reopen_failures.load(Ordering::Relaxed));
+    r.value(
+        "unexpected_closes",
+        t.unexpected_closes.load(Ordering::Relaxed),
+    );
+    r.figure(
+        "expected_deliveries",
+        expected,
+        format!(
+            "deliveries: {received} of {expected} owed; lost {lost}, extra {extra} (arrived \
+             while a connection was out of the traffic: opening or in its grace period)"
+        ),
+    );
+    r.value("received", received);
+    r.value("lost", lost);
+    r.value("extra", extra);
+    let worst_p99 = samples
+        .iter()
+        .filter_map(|s| s["latency_p99_ms"].as_f64())
+        .fold(0.0, f64::max);
+    r.figure(
+        "worst_interval_p99_ms",
+        worst_p99,
+        format!("worst p99 of an interval: {worst_p99:.3} ms"),
+    );
+    r.value("intervals", serde_json::Value::Array(samples));
+    session_errors(&mut r, &shared);
+    if lost > 0 || failures > 0 {
+        r.failed = true;
     }
     Ok(r)
 }

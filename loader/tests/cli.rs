@@ -12,7 +12,7 @@ fn help_lists_every_scenario() {
         .expect("herald-load runs");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for scenario in ["idle", "broadcast", "addressed", "storm", "replay"] {
+    for scenario in ["idle", "broadcast", "addressed", "storm", "replay", "soak"] {
         assert!(help.contains(scenario), "{scenario} missing from:\n{help}");
     }
 }
