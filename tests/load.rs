@@ -147,3 +147,60 @@ async fn soak_churns_connections_and_counts_every_message() {
     assert_eq!(intervals.len(), 3, "{soak}");
     assert!(intervals[0]["server_rss_kib"].is_number(), "{soak}");
 }
+
+#[tokio::test]
+async fn sse_sessions_are_loaded_like_websocket_ones() {
+    let nats = Nats::start().await;
+    let hub = Hub::secured(&["--nats-url", &nats.url()]).await;
+    let idle = load(
+        &hub,
+        &nats,
+        &[
+            "--transport",
+            "sse",
+            "idle",
+            "--connections",
+            "30",
+            "--hold",
+            "100ms",
+        ],
+    )
+    .await;
+    assert_eq!(idle["held"], 30, "{idle}");
+    assert_eq!(idle["welcomed"], 30, "{idle}");
+    let b = load(
+        &hub,
+        &nats,
+        &[
+            "--transport",
+            "sse",
+            "broadcast",
+            "--connections",
+            "20",
+            "--messages",
+            "5",
+            "--rate",
+            "50",
+        ],
+    )
+    .await;
+    assert_eq!(b["deliveries"], 100, "{b}");
+    let a = load(
+        &hub,
+        &nats,
+        &[
+            "--transport",
+            "sse",
+            "addressed",
+            "--users",
+            "20",
+            "--rate",
+            "200",
+            "--duration",
+            "1s",
+        ],
+    )
+    .await;
+    assert_eq!(a["lost"], 0, "{a}");
+    assert_eq!(a["sent"], a["delivered"]);
+}

@@ -358,6 +358,8 @@ async fn read_herald_sse(mut stream: sse::Stream, tap: Tap) {
             Ok(Some(e)) => match e.event.as_str() {
                 "welcome" => tap.ready(),
                 "message" => tap.delivery(&e.data).await,
+                // herald's close (code and reason); the stream ends after it.
+                "close" => break,
                 _ => {}
             },
             Ok(None) => break,
