@@ -3,7 +3,7 @@
 # Starts its own nats-server and herald pods (release build), runs herald-load scenarios and
 # appends every JSON result line to $OUT (default artifacts/perf/results.jsonl).
 #
-#   scripts/perf-run.sh [single|scale|broadcast100k|membound|durable|durablelimit|all]
+#   scripts/perf-run.sh [single|scale|broadcast100k|membound|durable|durablelimit|peer|soak|all]
 #
 # single: one pod, 19,000 connections: idle memory, reconnect storm (with the kernel's
 #         listen queue overflows), broadcast, addressed.
@@ -26,6 +26,27 @@
 #         stored message count and JetStream API error count (a "jetstream" line).
 # durablelimit: the same plain/durable pairs at DURABLE_LIMIT_RATES (default 20,000 to
 #         60,000/s), to find where delivered/s stops following the rate.
+#
+# peer:   herald against nats-server's own WebSocket listener, side by side in one run, both
+#         on nats-server $NATS_RELEASE (herald in NATS mode on a plain one, the peer serving
+#         WebSocket clients itself; herald-load --proto nats-ws speaks NATS to it and
+#         subscribes to the subjects herald would). The same loader scenarios against each,
+#         fresh servers for each: idle at PEER_N connections (default 19,900: KiB RSS per
+#         connection, connects/s), a burst of PEER_BURST_MESSAGES broadcasts to
+#         PEER_BURST_N clients (default 200 to 2,000: deliveries/s), PEER_BCAST_MESSAGES
+#         broadcasts at 2/s to PEER_CONNS clients (default 20 to 19,000: latency), addressed
+#         PEER_ADDR_RATE/s (default 10,000) to PEER_CONNS users for 10 s (latency); CPU per
+#         delivery from /proc for the server processes (herald plus its nats-server; the
+#         peer's nats-server). Prints each figure with herald/peer and the goal; writes the
+#         table to $WORK/peer.md and every loader line, marked "system", to $OUT. Each
+#         measured run waits (at most PEER_QUIET_WAIT s, default 120) for the machine to be
+#         quiet first. 19,900 sockets is about what one process may open (20,000 files).
+# soak:   not for CI. SOAK_CONNS (default 19,000) connections, SOAK_CHURN % of them (default 10)
+#         closed and reopened a minute, addressed SOAK_RATE/s (default 1,000) and
+#         SOAK_BROADCAST_RATE broadcasts/s (default 1) for SOAK_DURATION (default 30m):
+#         RSS and p99 per minute, and every message sent against what arrived. SOAK_PROTO=
+#         herald (default: herald in NATS mode on nats-server $NATS_RELEASE) or nats-ws (the
+#         peer of "peer").
 #
 # CARGO_TARGET_DIR is honoured (the binaries are taken from it).
 set -euo pipefail
@@ -348,6 +369,216 @@ durablelimit() {
   js_summary
 }
 
+# busy_percent: how busy the machine's CPUs were over the next second, in percent.
+busy_percent() {
+  local a b c d e f g h A B C D E F G H
+  read -r _ a b c d e f g h _ </proc/stat
+  sleep 1
+  read -r _ A B C D E F G H _ </proc/stat
+  local busy=$(((A + B + C + F + G + H) - (a + b + c + f + g + h)))
+  local total=$(((A + B + C + D + E + F + G + H) - (a + b + c + d + e + f + g + h)))
+  echo $((busy * 100 / (total > 0 ? total : 1)))
+}
+
+# wait_quiet: wait until the machine has been at most 10 % busy over one second (other
+# sessions' builds make every figure noisy), at most PEER_QUIET_WAIT seconds; says so.
+wait_quiet() {
+  local waited=0 busy
+  while busy=$(busy_percent); [ "$busy" -gt 10 ]; do
+    waited=$((waited + 1))
+    if [ "$waited" -ge "${PEER_QUIET_WAIT:-120}" ]; then
+      echo "   machine still ${busy}% busy after ${waited} s: measuring anyway"
+      return 0
+    fi
+  done
+  if [ "$waited" -gt 0 ]; then echo "   (waited ${waited} s for the machine to be quiet)"; fi
+}
+
+# start_bus_nats: a plain nats-server $NATS_RELEASE on NATS_PORT + 3 for herald's bus; sets
+# BUS_NATS, BUS_NATS_PID.
+start_bus_nats() {
+  local nats_bin port=$((NATS_PORT + 3))
+  nats_bin=$(release_nats_server)
+  "$nats_bin" -a 127.0.0.1 -p "$port" >"$WORK/nats-bus.log" 2>&1 &
+  BUS_NATS_PID=$!
+  PIDS+=("$BUS_NATS_PID")
+  wait_port "$port"
+  BUS_NATS="nats://127.0.0.1:$port"
+}
+
+# start_peer_nats: nats-server $NATS_RELEASE with a WebSocket listener (no TLS) on
+# BASE_PORT + 100 and its client port on NATS_PORT + 4; sets PEER_WS, PEER_NATS, PEER_PID.
+start_peer_nats() {
+  local nats_bin port=$((NATS_PORT + 4)) ws=$((BASE_PORT + 100))
+  nats_bin=$(release_nats_server)
+  cat >"$WORK/peer.conf" <<CONF
+listen: "127.0.0.1:$port"
+websocket { listen: "127.0.0.1:$ws", no_tls: true }
+CONF
+  "$nats_bin" -c "$WORK/peer.conf" >"$WORK/nats-peer.log" 2>&1 &
+  PEER_PID=$!
+  PIDS+=("$PEER_PID")
+  wait_port "$port"
+  wait_port "$ws"
+  PEER_WS="127.0.0.1:$ws"
+  PEER_NATS="nats://127.0.0.1:$port"
+}
+
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on port $1" >&2
+  return 1
+}
+
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+# peer_run SYSTEM NAME LOADER-ARGS...: one loader run against fresh servers of SYSTEM
+# (herald: a pod in NATS mode on a fresh release nats-server; nats-ws: the peer), its JSON
+# line saved as $WORK/peer-SYSTEM-NAME.json and appended to $OUT with "system".
+peer_run() {
+  local system=$1 name=$2; shift 2
+  local args=()
+  if [ "$system" = herald ]; then
+    start_bus_nats
+    local BUS=(--nats-url "$BUS_NATS")
+    start_pods 1
+    args=("${HUBS[@]}" --nats-url "$BUS_NATS" --jwt-secret "$SECRET" --herald-pid "${POD_PIDS[0]}"
+      --nats-pid "$BUS_NATS_PID")
+  else
+    start_peer_nats
+    args=(--proto nats-ws --hub "$PEER_WS" --nats-url "$PEER_NATS" --server-pid "$PEER_PID")
+  fi
+  echo "== $system: $name"
+  wait_quiet
+  "$LOAD" "${args[@]}" --user-prefix "$name-" --timeout 120s "$@" >"$WORK/peer-run.txt" 2>&1 || true
+  sed 's/^/   /' "$WORK/peer-run.txt" | grep -v '^   {' || true
+  tail -n 1 "$WORK/peer-run.txt" | grep '^{' >"$WORK/peer-$system-$name.json" \
+    || echo '{}' >"$WORK/peer-$system-$name.json"
+  sed "s/^{/{\"system\":\"$system\",/" "$WORK/peer-$system-$name.json" >>"$OUT"
+  if [ "$system" = herald ]; then
+    stop_pods
+    herald_log_summary "$name"
+    stop_pid "$BUS_NATS_PID"
+  else
+    stop_pid "$PEER_PID"
+  fi
+}
+
+peer() {
+  ulimit -n "$(ulimit -Hn)"
+  local n=${PEER_N:-19900} conns=${PEER_CONNS:-19000} rate=${PEER_ADDR_RATE:-10000}
+  local burst_n=${PEER_BURST_N:-2000} burst_m=${PEER_BURST_MESSAGES:-200}
+  local bcast_m=${PEER_BCAST_MESSAGES:-20}
+  echo "== herald against nats-server's WebSocket listener ($(release_nats_server) $("$(release_nats_server)" --version))"
+  local system
+  for system in herald nats-ws; do
+    peer_run "$system" idle idle --connections "$n" --hold 3s
+  done
+  for system in herald nats-ws; do
+    peer_run "$system" burst broadcast --connections "$burst_n" --messages "$burst_m" --rate 0
+  done
+  for system in herald nats-ws; do
+    peer_run "$system" bcast broadcast --connections "$conns" --messages "$bcast_m" --rate 2
+  done
+  for system in herald nats-ws; do
+    peer_run "$system" addr addressed --users "$conns" --rate "$rate" --duration 10s
+  done
+  peer_table "$n" "$conns" "$rate" "$burst_n" "$burst_m" | tee "$WORK/peer.md"
+  cp "$WORK/peer.md" "$(dirname "$OUT")/peer.md"
+}
+
+# peer_table N CONNS RATE BURST_N BURST_M: the side-by-side table from the saved lines.
+peer_table() {
+  python3 - "$WORK" "$@" <<'PY'
+import json, sys
+work, n, conns, rate, burst_n, burst_m = sys.argv[1], *map(int, sys.argv[2:])
+def load(system, name):
+    try:
+        return json.load(open(f"{work}/peer-{system}-{name}.json"))
+    except (OSError, ValueError):
+        return {}
+h = {k: load("herald", k) for k in ("idle", "burst", "bcast", "addr")}
+p = {k: load("nats-ws", k) for k in ("idle", "burst", "bcast", "addr")}
+def fmt(v):
+    if v is None:
+        return "—"
+    if isinstance(v, float) and abs(v) < 100:
+        return f"{v:.2f}"
+    return f"{v:,.0f}"
+rows = []
+def row(figure, run, hkey, pkey=None, goal="", check=None):
+    hv, pv = h[run].get(hkey), p[run].get(pkey or hkey)
+    ratio = f"{hv / pv:.2f}" if isinstance(hv, (int, float)) and isinstance(pv, (int, float)) and pv else "—"
+    status = ""
+    if check and hv is not None and pv is not None:
+        status = " (met)" if check(hv, pv) else " (**missed**)"
+    elif check and hv is not None and pv is None and goal:
+        status = " (met)" if check(hv, None) else " (**missed**)"
+    rows.append(f"| {figure} | {fmt(pv)} | {fmt(hv)} | {ratio} | {goal}{status} |")
+row(f"KiB RSS per idle connection at {n:,} (herald alone)", "idle", "server_rss_per_conn_kib",
+    goal="≤ 5 in NATS mode", check=lambda a, b: a <= 5)
+row(f"KiB RSS per idle connection at {n:,} (herald + its nats-server)", "idle", "server_nats_rss_per_conn_kib", "server_rss_per_conn_kib")
+row(f"connects/s ({n:,}, 256 in flight, until every session is ready)", "idle", "ready_per_s",
+    goal="≥ 2× peer", check=lambda a, b: a >= 2 * b)
+row(f"burst deliveries/s ({burst_n:,} clients × {burst_m} broadcasts)", "burst", "deliveries_per_s",
+    goal="≥ 1.5× peer", check=lambda a, b: a >= 1.5 * b)
+row("burst: server CPU µs per delivery", "burst", "server_nats_cpu_us_per_delivery", "server_cpu_us_per_delivery")
+row(f"one broadcast to {conns:,} at 2/s: p50 ms", "bcast", "latency_p50_ms")
+row(f"one broadcast to {conns:,} at 2/s: p99 ms", "bcast", "latency_p99_ms",
+    goal="≤ 50 ms", check=lambda a, b: a <= 50)
+row(f"one broadcast to {conns:,}: time to reach all, p50 ms", "bcast", "reach_all_p50_ms")
+row(f"broadcast to {conns:,}: server CPU µs per delivery", "bcast", "server_nats_cpu_us_per_delivery", "server_cpu_us_per_delivery",
+    goal="≤ 0.5× peer", check=lambda a, b: a <= 0.5 * b)
+row(f"addressed {rate:,}/s to {conns:,} users: p50 ms", "addr", "latency_p50_ms")
+row(f"addressed {rate:,}/s to {conns:,} users: p99 ms", "addr", "latency_p99_ms",
+    goal="≤ peer and ≤ 2 ms", check=lambda a, b: a <= b and a <= 2)
+row("addressed: server CPU µs per message (herald + its nats-server)", "addr", "server_nats_cpu_us_per_message", "server_cpu_us_per_message",
+    goal="≤ peer", check=lambda a, b: a <= b)
+row("addressed: messages lost", "addr", "lost")
+print("| figure | nats-server WS | herald | ratio | goal |")
+print("|---|---|---|---|---|")
+print("\n".join(rows))
+others = []
+for run in ("idle", "burst", "bcast", "addr"):
+    for system, d in (("herald", h[run]), ("nats-ws", p[run])):
+        if "other_cpu_s" in d:
+            others.append(f"{run}/{system} {d['other_cpu_s']} s of {d.get('window_s', '?')} s")
+if others:
+    print("\nCPU used by other processes during the measurement (not the servers or the loader): " + ", ".join(others))
+failed = [f"{run}/{system}" for run in h for system, d in (("herald", h[run]), ("nats-ws", p[run])) if not d or d.get("failures", 0) or d.get("complete") is False or d.get("lost", 0)]
+if failed:
+    print("\nruns with failures or incomplete deliveries: " + ", ".join(failed))
+PY
+}
+
+soak() {
+  ulimit -n "$(ulimit -Hn)"
+  local proto=${SOAK_PROTO:-herald} args=()
+  if [ "$proto" = herald ]; then
+    start_bus_nats
+    local BUS=(--nats-url "$BUS_NATS")
+    start_pods 1
+    args=("${HUBS[@]}" --nats-url "$BUS_NATS" --jwt-secret "$SECRET" --herald-pid "${POD_PIDS[0]}"
+      --nats-pid "$BUS_NATS_PID")
+  else
+    start_peer_nats
+    args=(--proto nats-ws --hub "$PEER_WS" --nats-url "$PEER_NATS" --server-pid "$PEER_PID")
+  fi
+  echo "== soak ($proto): ${SOAK_CONNS:-19000} connections, ${SOAK_CHURN:-10} % churn a minute, for ${SOAK_DURATION:-30m}"
+  "$LOAD" "${args[@]}" --user-prefix soak --timeout 120s \
+    soak --connections "${SOAK_CONNS:-19000}" --duration "${SOAK_DURATION:-30m}" \
+    --churn-percent "${SOAK_CHURN:-10}" --rate "${SOAK_RATE:-1000}" \
+    --broadcast-rate "${SOAK_BROADCAST_RATE:-1}" --interval "${SOAK_INTERVAL:-60s}" \
+    | sed "s/^{/{\"system\":\"$proto\",/" | record || true
+  if [ "$proto" = herald ]; then
+    herald_log_summary soak
+    stop_pods
+  fi
+}
+
 # js_messages: messages the JetStream server holds, all streams (0 when unknown).
 js_messages() {
   curl -sf "http://127.0.0.1:$NATS_JS_MONITOR/jsz" | grep -oE '"messages": *[0-9]+' | head -1 \
@@ -376,7 +607,9 @@ case "$MODE" in
   membound) membound ;;
   durable) durable ;;
   durablelimit) durablelimit ;;
-  all) single; scale; broadcast100k; membound; durable; durablelimit ;;
-  *) echo "usage: $0 [single|scale|broadcast100k|membound|durable|durablelimit|all]" >&2; exit 2 ;;
+  peer) peer ;;
+  soak) soak ;;
+  all) single; scale; broadcast100k; membound; durable; durablelimit; peer ;;
+  *) echo "usage: $0 [single|scale|broadcast100k|membound|durable|durablelimit|peer|soak|all]" >&2; exit 2 ;;
 esac
 echo "results appended to $OUT"
