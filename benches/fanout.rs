@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use herald::auth::Identity;
 use herald::bus::memory::MemoryBus;
 use herald::config::SessionLimits;
-use herald::http::websocket::framing::{text_frame_len_of, WebSocketWire};
+use herald::http::websocket::framing::WebSocketWire;
 use herald::ids::{SessionId, UserId};
 use herald::message::{encode_frame, Delivery, Target};
 use herald::metrics::Metrics;
@@ -23,6 +23,7 @@ use herald::registry::{Deliver, Limits, Registry, RegistryDeps};
 use herald::session::pipe::pipe;
 use herald::session::socket::Socket;
 use herald::session::{reserve, Opening, Session, SessionShared};
+use herald::shard::Shard;
 use herald_proto::frame::Source;
 use herald_proto::Subjects;
 
@@ -63,7 +64,7 @@ async fn pod_with_sessions(n: usize) -> Pod {
         registry: registry.clone(),
         bus,
         subjects: Subjects::default(),
-        metrics,
+        metrics: metrics.clone(),
         pod: "bench".into(),
         limits,
         auth: Arc::new(herald::auth::AuthConfig::Unsigned),
@@ -77,7 +78,9 @@ async fn pod_with_sessions(n: usize) -> Pod {
             topics: None,
             expires_at: None,
         };
-        let reserved = reserve(&registry, id, &identity, text_frame_len_of)
+        let shard = Shard::current(&registry, &metrics);
+        let wire = Box::new(WebSocketWire::new(65_536));
+        let reserved = reserve(&shared, shard, id, &identity, wire)
             .await
             .expect("registry alive")
             .expect("admitted");
@@ -88,20 +91,18 @@ async fn pod_with_sessions(n: usize) -> Pod {
                 counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             }
         });
-        let session = Session::new(
-            id,
+        let (ctx, session) = Session::new(
+            reserved,
             identity,
             shared.clone(),
             Socket::Pipe(socket),
-            Box::new(WebSocketWire::new(65_536)),
             BytesMut::new(),
-            reserved.link,
             Opening {
                 welcome: "{}".into(),
                 replay: Vec::new(),
             },
         );
-        reserved.ctx.run(session);
+        ctx.run(session);
     }
     // Let every session start and write its welcome.
     let welcomes = n as u64 * 4;

@@ -46,4 +46,5 @@ pub mod percent;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod shard;
 pub mod subscriber;

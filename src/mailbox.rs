@@ -2,24 +2,24 @@
 //! Registry and the Subscriber know each other only through these types and the
 //! `Recipient`s that carry them, so none of the three imports another.
 //!
-//! Direction of knowledge: sessions and the control plane send to the Registry (its own
-//! messages, `registry::*`); the Registry reaches sessions through [`SessionHandle`] and
-//! the Subscriber through [`InterestHandle`]; the Subscriber sends `registry::Deliver`.
+//! Direction of knowledge: sessions, shards and the control plane send to the Registry
+//! (its own messages, `registry::*`); the Registry reaches sessions through
+//! [`SessionHandle`], shards through [`ShardHandle`] and the Subscriber through
+//! [`InterestHandle`]; the Subscriber sends `registry::Deliver`.
 
 use std::sync::Arc;
 
 use actix::prelude::*;
 use herald_proto::CloseCode;
 
+use crate::ids::SessionId;
 use crate::message::Frame;
 
-/// Something for a session to do.
+/// Something for a session to do. (Message frames do not travel this way: the session's
+/// shard queues them directly, see [`ShardDeliver`].)
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum ForSession {
-    /// Queue a message frame. The sender has reserved the frame's bytes in the session's
-    /// `Link` (see `Link::reserve`); the session releases them.
-    Push(Push),
     /// Send a heartbeat (a WebSocket ping, an SSE comment). The Registry sends these every
     /// heartbeat, spread over the interval, so sessions need no timer of their own.
     Heartbeat,
@@ -30,19 +30,28 @@ pub enum ForSession {
     ClientFrame(String),
 }
 
-/// A message frame for one session.
-pub struct Push {
+/// A message frame for sessions of one shard (the sessions running on one worker thread):
+/// the Registry sends one per shard that has recipients, and the shard queues the shared
+/// frame into each recipient's outbound buffer without a message per session.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ShardDeliver {
     pub frame: Frame,
-    /// Set for topic messages: dropped if the session unsubscribed since the fan-out,
+    pub to: Recipients,
+    /// Set for topic messages: a session that unsubscribed since the fan-out is skipped,
     /// so an unsubscribe stops delivery at once.
     pub topic: Option<Arc<str>>,
 }
 
-impl Push {
-    pub fn new(frame: Frame) -> Push {
-        Push { frame, topic: None }
-    }
+/// Which of a shard's sessions get a frame.
+pub enum Recipients {
+    /// Every session of the shard (a broadcast).
+    All,
+    Sessions(Vec<SessionId>),
 }
+
+/// How the Registry reaches a shard.
+pub type ShardHandle = Recipient<ShardDeliver>;
 
 /// How the Registry reaches a session, whatever its transport.
 pub type SessionHandle = Recipient<ForSession>;

@@ -6,9 +6,7 @@
 //! tokens never reach a log line.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
-use actix::Context;
 use actix_http::header::HeaderMap;
 use herald_proto::ServerFrame;
 
@@ -16,10 +14,11 @@ use super::AppState;
 use crate::auth::{authenticate, extract_token, query_param, Identity};
 use crate::durable::{Audience, Durable};
 use crate::ids::{DeviceId, SessionId, UserId};
-use crate::link::{FrameLen, Link};
 use crate::message::Frame;
 use crate::registry::Detach;
-use crate::session::{reserve, Opening, Session};
+use crate::session::wire::Wire;
+use crate::session::{reserve, Opening, Reserved};
+use crate::shard::Shard;
 
 /// A handshake refusal: status and reason.
 pub struct Refusal(pub u16, pub String);
@@ -45,8 +44,8 @@ pub struct Request<'a> {
     pub headers: &'a HeaderMap,
     /// A resume point from outside the query (SSE's `Last-Event-ID`); wins over `since=`.
     pub resume: Option<String>,
-    /// The transport's measure of a message frame (see `Link`).
-    pub frame_len: FrameLen,
+    /// The session's wire on this transport.
+    pub wire: Box<dyn Wire>,
 }
 
 /// The Origin rule (PROTOCOL §1): without an Origin header anything passes; with one, it
@@ -68,10 +67,8 @@ pub fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal
 
 /// An admitted session, indexed by the Registry, ready to run.
 pub struct Admitted {
-    pub id: SessionId,
+    pub reserved: Reserved,
     pub identity: Identity,
-    pub ctx: Context<Session>,
-    pub link: Arc<Link>,
     pub opening: Opening,
 }
 
@@ -83,7 +80,7 @@ pub async fn admit(state: &AppState, req: Request<'_>) -> Result<Admitted, Refus
         query,
         headers,
         resume,
-        frame_len,
+        wire,
     } = req;
     check_origin(state, headers)?;
     if !state.bus.is_connected() {
@@ -103,7 +100,9 @@ pub async fn admit(state: &AppState, req: Request<'_>) -> Result<Admitted, Refus
         .map_err(|e| refusal(state, 401, e.to_string()))?;
 
     let id = SessionId::new(state.next_session.fetch_add(1, Ordering::Relaxed));
-    let reserved = match reserve(&state.registry, id, &identity, frame_len).await {
+    // The session runs on this thread: its shard fans out to it.
+    let shard = Shard::current(&state.registry, &state.metrics);
+    let reserved = match reserve(&state.session, shard, id, &identity, wire).await {
         Ok(Ok(r)) => r,
         Ok(Err(r)) => return Err(refusal(state, r.status(), r.reason())),
         Err(_) => return Err(refusal(state, 503, "hub is shutting down")),
@@ -134,10 +133,8 @@ pub async fn admit(state: &AppState, req: Request<'_>) -> Result<Admitted, Refus
     };
     tracing::debug!(session = %id, user = %user, "session open");
     Ok(Admitted {
-        id,
+        reserved,
         identity,
-        ctx: reserved.ctx,
-        link: reserved.link,
         opening: Opening {
             welcome: welcome.to_json(),
             replay: replay.unwrap_or_default(),

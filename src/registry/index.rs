@@ -34,6 +34,8 @@ pub struct Entry<H> {
     pub attached_ms: u64,
     /// Topics the session follows.
     pub topics: Vec<Arc<str>>,
+    /// The shard (worker thread) the session runs on.
+    pub shard: usize,
 }
 
 /// Why a connection is refused before the upgrade.
@@ -271,12 +273,15 @@ impl<H> Index<H> {
     }
 
     /// Local followers of a topic.
-    pub fn followers<'a>(&'a self, topic: &str) -> impl Iterator<Item = &'a Entry<H>> + 'a {
+    pub fn followers<'a>(
+        &'a self,
+        topic: &str,
+    ) -> impl Iterator<Item = (SessionId, &'a Entry<H>)> + 'a {
         self.topics
             .get(topic)
             .into_iter()
             .flatten()
-            .filter_map(move |id| self.sessions.get(id))
+            .filter_map(move |id| self.sessions.get(id).map(|e| (*id, e)))
     }
 
     /// Topics with at least one local follower.
@@ -386,6 +391,7 @@ mod tests {
             expires_at: None,
             attached_ms: 0,
             topics: Vec::new(),
+            shard: 0,
         }
     }
 

@@ -22,7 +22,10 @@ use crate::auth::Identity;
 use crate::bus::{Bus, Outbound};
 use crate::ids::{DeviceId, SessionId, UserId};
 use crate::link::Link;
-use crate::mailbox::{AwaitInterest, ForSession, Interest, InterestHandle, Push, SessionHandle};
+use crate::mailbox::{
+    AwaitInterest, ForSession, Interest, InterestHandle, Recipients, SessionHandle, ShardDeliver,
+    ShardHandle,
+};
 use crate::message::{Delivery, Target};
 use crate::metrics::{MapLabels, Metrics, SourceLabel, SourceLabels};
 pub use index::{Entry, Index, Limits, Refusal};
@@ -59,6 +62,8 @@ pub struct Registry {
     index: Index<SessionHandle>,
     deps: RegistryDeps,
     subscriber: Option<InterestHandle>,
+    /// Every worker thread's shard, by shard id.
+    shards: Vec<Option<ShardHandle>>,
     draining: bool,
     drain: Option<DrainState>,
     /// Session-topic pairs, for the gauge.
@@ -83,6 +88,7 @@ impl Registry {
             index: Index::new(deps.limits),
             deps,
             subscriber: None,
+            shards: Vec::new(),
             draining: false,
             drain: None,
             topic_subscriptions: 0,
@@ -287,6 +293,8 @@ pub struct Attach {
     pub identity: Identity,
     pub session: SessionHandle,
     pub link: Arc<Link>,
+    /// The shard the session runs on (see [`AddShard`]).
+    pub shard: usize,
 }
 
 impl Handler<Attach> for Registry {
@@ -341,6 +349,7 @@ impl Handler<Attach> for Registry {
                 expires_at,
                 attached_ms,
                 topics: Vec::new(),
+                shard: msg.shard,
             },
         );
         self.presence_event(&user, msg.id, device.as_ref(), None);
@@ -409,66 +418,92 @@ impl Handler<Deliver> for Registry {
     type Result = ();
     fn handle(&mut self, Deliver(d): Deliver, _: &mut Context<Self>) {
         self.deps.deliveries.done();
-        let limit = self.deps.limits.outbound_queue_bytes;
         if let (Some(seq), Target::User { user, .. }) = (d.seq, &d.target) {
             if self.index.has_user(user) {
                 self.last_seq.insert(user.clone(), seq);
             }
         }
-        let mut sent: u64 = 0;
-        let mut dropped: u64 = 0;
-        let mut offer = |e: &Entry<SessionHandle>, topic: Option<&Arc<str>>| {
-            // The session's bytes in flight, mailbox included, stay within its limit: a
-            // frame that does not fit is not queued, and the session closes with 4008.
-            if e.link.reserve(e.link.frame_len(d.frame.as_bytes()), limit) {
-                e.handle.do_send(ForSession::Push(Push {
-                    frame: d.frame.clone(),
-                    topic: topic.cloned(),
-                }));
-                sent += 1;
-            } else {
-                dropped += 1;
-                if e.link.overflow() {
-                    e.handle.do_send(ForSession::Close(CloseCode::SlowConsumer));
-                }
-            }
-        };
+        // One message per shard with recipients; the shards queue and count.
         match &d.target {
-            Target::User { user, device } => {
-                for (_, e) in self.index.of_user(user, device.as_ref()) {
-                    offer(e, None);
+            Target::Broadcast => {
+                for shard in self.shards.iter().flatten() {
+                    shard.do_send(ShardDeliver {
+                        frame: d.frame.clone(),
+                        to: Recipients::All,
+                        topic: None,
+                    });
                 }
             }
-            Target::Broadcast => {
-                for (_, e) in self.index.all() {
-                    offer(e, None);
-                }
+            Target::User { user, device } => {
+                let per = per_shard(self.shards.len(), self.index.of_user(user, device.as_ref()));
+                self.send_to_shards(per, &d.frame, None);
             }
             Target::Topic(topic) => {
+                let per = per_shard(self.shards.len(), self.index.followers(topic));
                 let topic: Arc<str> = Arc::from(topic.as_str());
-                for e in self.index.followers(&topic) {
-                    offer(e, Some(&topic));
-                }
+                self.send_to_shards(per, &d.frame, Some(topic));
             }
-        }
-        if dropped > 0 {
-            self.deps.metrics.slow_consumer_drops.inc_by(dropped);
         }
         let source: SourceLabel = d.target.source().into();
         let m = &self.deps.metrics;
-        m.messages_in
-            .get_or_create(&SourceLabels {
-                source: source.clone(),
-            })
-            .inc();
-        if sent > 0 {
-            m.messages_out
-                .get_or_create(&SourceLabels { source })
-                .inc_by(sent);
-            m.bytes_out.inc_by(sent * d.frame.len() as u64);
-        }
+        m.messages_in.get_or_create(&SourceLabels { source }).inc();
         m.delivery_latency
             .observe(d.received_at.elapsed().as_secs_f64());
+    }
+}
+
+/// Recipients grouped by the shard they run on (shard ids are small and dense).
+fn per_shard<'a, H: 'a>(
+    shards: usize,
+    entries: impl Iterator<Item = (SessionId, &'a Entry<H>)>,
+) -> Vec<Vec<SessionId>> {
+    let mut per: Vec<Vec<SessionId>> = Vec::new();
+    for (id, e) in entries {
+        if per.len() <= e.shard {
+            per.resize_with((e.shard + 1).max(shards), Vec::new);
+        }
+        per[e.shard].push(id);
+    }
+    per
+}
+
+impl Registry {
+    fn send_to_shards(
+        &self,
+        per: Vec<Vec<SessionId>>,
+        frame: &crate::message::Frame,
+        topic: Option<Arc<str>>,
+    ) {
+        for (shard, ids) in per.into_iter().enumerate() {
+            if ids.is_empty() {
+                continue;
+            }
+            if let Some(Some(handle)) = self.shards.get(shard) {
+                handle.do_send(ShardDeliver {
+                    frame: frame.clone(),
+                    to: Recipients::Sessions(ids),
+                    topic: topic.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// A worker thread's shard, introduced before any of its sessions attaches.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AddShard {
+    pub id: usize,
+    pub shard: ShardHandle,
+}
+
+impl Handler<AddShard> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: AddShard, _: &mut Context<Self>) {
+        if self.shards.len() <= msg.id {
+            self.shards.resize_with(msg.id + 1, || None);
+        }
+        self.shards[msg.id] = Some(msg.shard);
     }
 }
 

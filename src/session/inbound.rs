@@ -21,7 +21,7 @@ impl Session {
             Ok(ClientFrame::Publish { event, data }) => self.publish_upstream(event, data, ctx),
             Ok(ClientFrame::Subscribe { topic }) => self.subscribe(topic, ctx),
             Ok(ClientFrame::Unsubscribe { topic }) => {
-                if self.topics.remove(&topic) {
+                if self.io.borrow_mut().topics.remove(&topic) {
                     self.shared
                         .registry
                         .do_send(Unfollow { id: self.id, topic });
@@ -41,18 +41,20 @@ impl Session {
             let msg = format!("the token does not allow topic {topic}");
             return self.send_frame(&ServerFrame::error(error_code::FORBIDDEN, msg), ctx);
         }
-        if !self.topics.contains(&topic) && self.topics.len() >= MAX_TOPICS_PER_SESSION {
+        if !self.io.borrow().topics.contains(&topic)
+            && self.io.borrow().topics.len() >= MAX_TOPICS_PER_SESSION
+        {
             let msg = format!("at most {MAX_TOPICS_PER_SESSION} topics per session");
             return self.send_frame(&ServerFrame::error(error_code::TOO_MANY_TOPICS, msg), ctx);
         }
-        self.topics.insert(topic.clone());
+        self.io.borrow_mut().topics.insert(topic.clone());
         let follow = self.shared.registry.send(Follow {
             id: self.id,
             topic: topic.clone(),
         });
         ctx.spawn(follow.into_actor(self).map(move |res, act, ctx| {
             // Unsubscribed meanwhile, or the session is gone: no reply.
-            if matches!(res, Ok(true)) && act.topics.contains(&topic) {
+            if matches!(res, Ok(true)) && act.io.borrow().topics.contains(&topic) {
                 act.send_frame(&ServerFrame::Subscribed { topic }, ctx);
             }
         }));

@@ -4,21 +4,26 @@
 //! when the Registry says so and enforces the per-session limits.
 //!
 //! Writing never blocks the actor: frames are appended to the outbound buffer and written
-//! by a `Flusher` when the socket is writable, so a client that stops reading fills the
-//! buffer (and is closed with 4008) instead of stalling anything. Liveness is stamped into
+//! when the socket is writable (by the thread's shard, or the session's `io::Writer`), so
+//! a client that stops reading fills the buffer (and is closed with 4008) instead of
+//! stalling anything. Message frames reach the buffer from the shard without passing
+//! through this actor's mailbox (see `io`). Liveness is stamped into
 //! an atomic that the Registry's sweep reads, so eviction does not depend on the socket
 //! either. Lifecycle: indexed by the Registry before the handshake answer, started with the
 //! socket, and `Detach`ed from the Registry when it stops.
 
 mod inbound;
+pub mod io;
 pub mod outbound;
 pub mod pipe;
 mod refresh;
 pub mod socket;
 pub mod wire;
 
-use std::collections::{HashSet, VecDeque};
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -34,13 +39,13 @@ use crate::auth::{AuthConfig, Identity};
 use crate::bus::Bus;
 use crate::config::SessionLimits;
 use crate::ids::SessionId;
-use crate::link::{FrameLen, Link};
-use crate::mailbox::{ForSession, Push};
+use crate::link::Link;
+use crate::mailbox::ForSession;
 use crate::message::Frame;
 use crate::metrics::Metrics;
 use crate::registry::{Attach, Detach, Refusal, Registry};
-use outbound::OutQueue;
-use socket::{Endpoint, Flusher, Reader, Socket};
+use io::{LocalEntry, Reader, SessionIo, SharedIo, Writer};
+use socket::Socket;
 use wire::{Inbound, Violation, Wire};
 
 /// Topics one session may follow at once.
@@ -90,13 +95,14 @@ pub struct Session {
     id: SessionId,
     identity: Identity,
     shared: Arc<SessionShared>,
-    socket: Socket,
+    /// Socket, wire, outbound queue and topics, shared with the thread's shard.
+    io: SharedIo,
+    /// Keeps the session in its thread's table while it lives.
+    _local: LocalEntry,
+    /// Not started yet: the socket, handed to `io` when the actor starts.
+    socket: Option<Socket>,
     /// Bytes read but not yet parsed (empty and unallocated while idle).
     inbound: BytesMut,
-    wire: Box<dyn Wire>,
-    /// Encoded frames not yet written: the outbound queue, bounded in bytes through `link`.
-    outbound: OutQueue,
-    flushing: bool,
     link: Arc<Link>,
     limiter: Limiter,
     rate_strikes: u32,
@@ -106,35 +112,38 @@ pub struct Session {
     welcome: Option<String>,
     /// Recovered messages, sent right after the welcome (before any live frame).
     replay: Vec<Frame>,
-    topics: HashSet<String>,
     /// `refresh` tokens in arrival order; the first is being verified.
     refreshes: VecDeque<Token>,
 }
 
 impl Session {
-    /// A session on `socket`, speaking `wire`; `inbound` holds bytes the client sent
+    /// The reserved session `reserved` on `socket`; `inbound` holds bytes the client sent
     /// right after its handshake, if any.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        id: SessionId,
+        reserved: Reserved,
         identity: Identity,
         shared: Arc<SessionShared>,
         socket: Socket,
-        wire: Box<dyn Wire>,
         inbound: BytesMut,
-        link: Arc<Link>,
         opening: Opening,
-    ) -> Session {
+    ) -> (Context<Session>, Session) {
+        let Reserved {
+            id,
+            ctx,
+            io,
+            local,
+            link,
+            ..
+        } = reserved;
         let rate = NonZeroU32::new(shared.limits.upstream_rate).unwrap_or(NonZeroU32::MIN);
         let burst = rate.saturating_mul(NonZeroU32::MIN.saturating_add(1));
-        Session {
+        let session = Session {
             id,
             identity,
-            socket,
+            io,
+            _local: local,
+            socket: Some(socket),
             inbound,
-            wire,
-            outbound: OutQueue::default(),
-            flushing: false,
             link,
             limiter: RateLimiter::direct_with_clock(
                 Quota::per_second(rate).allow_burst(burst),
@@ -146,10 +155,10 @@ impl Session {
             detach_reason: "client",
             welcome: Some(opening.welcome),
             replay: opening.replay,
-            topics: HashSet::new(),
             refreshes: VecDeque::new(),
             shared,
-        }
+        };
+        (ctx, session)
     }
 
     fn is_closing(&self) -> bool {
@@ -173,10 +182,10 @@ impl Session {
     /// a full queue closes with 4008.
     fn queue_own(&mut self, ctx: &mut Context<Self>, encode: impl Fn(&dyn Wire, &mut BytesMut)) {
         let mut bytes = BytesMut::new();
-        encode(&*self.wire, &mut bytes);
+        encode(&*self.io.borrow().wire, &mut bytes);
         if self.reserve(bytes.len(), ctx) {
-            self.outbound.frames().extend_from_slice(&bytes);
-            self.flush(ctx);
+            self.io.borrow_mut().out.frames().extend_from_slice(&bytes);
+            self.flush();
         }
     }
 
@@ -193,13 +202,10 @@ impl Session {
         false
     }
 
-    /// Make sure a Flusher runs. It runs after the messages already in the mailbox, so
-    /// frames queued in one burst leave in one write.
-    fn flush(&mut self, ctx: &mut Context<Self>) {
-        if !self.flushing && !self.outbound.is_empty() {
-            self.flushing = true;
-            ctx.spawn(Flusher);
-        }
+    /// Wake the writer. It runs after the messages already in the mailbox, so frames
+    /// queued in one burst leave in one write.
+    fn flush(&self) {
+        self.io.borrow().wake_writer();
     }
 
     /// Close with `code` (a decision of this session or of the Registry).
@@ -212,7 +218,7 @@ impl Session {
         if code == CloseCode::SlowConsumer {
             // The client is behind: what it has not started reading is dropped, so the
             // close frame is next in line.
-            let dropped = self.outbound.drop_unstarted();
+            let dropped = self.io.borrow_mut().out.drop_unstarted();
             self.link.release(dropped);
         }
         self.close_with(code.code(), code.reason(), ctx);
@@ -241,16 +247,20 @@ impl Session {
     /// Queue the close frame behind what is queued, start discarding input, and give the
     /// handshake at most the close grace.
     fn close_with(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
+        let mut io = self.io.borrow_mut();
+        io.closing = true;
         self.closing = Some(Closing {
             // A peer that cannot answer the close is done once it is written.
-            peer_closed: !self.wire.peer_answers_close(),
+            peer_closed: !io.wire.peer_answers_close(),
             ..Closing::default()
         });
-        self.wire.discard();
-        let before = self.outbound.len();
-        self.wire.close(self.outbound.frames(), code, reason);
-        self.link.force(self.outbound.len() - before);
-        self.flush(ctx);
+        io.wire.discard();
+        let before = io.out.len();
+        let SessionIo { wire, out, .. } = &mut *io;
+        wire.close(out.frames(), code, reason);
+        self.link.force(io.out.len() - before);
+        io.wake_writer();
+        drop(io);
         ctx.run_later(self.shared.limits.close_grace, |act, ctx| {
             tracing::debug!(session = %act.id, "close grace over");
             act.finish(ctx);
@@ -259,7 +269,9 @@ impl Session {
 
     /// The close handshake is over (or given up): end the TCP connection and the actor.
     fn finish(&mut self, ctx: &mut Context<Self>) {
-        self.socket.finish();
+        if let Some(socket) = self.io.borrow().socket() {
+            socket.finish();
+        }
         ctx.stop();
     }
 
@@ -348,7 +360,8 @@ impl Session {
                 self.inbound.clear();
                 return true;
             }
-            match self.wire.decode(&mut self.inbound) {
+            let decoded = self.io.borrow_mut().wire.decode(&mut self.inbound);
+            match decoded {
                 Ok(Some(item)) => self.on_inbound(item, ctx),
                 Ok(None) => return true,
                 Err(v) => self.fail(v, ctx),
@@ -364,43 +377,20 @@ impl Session {
     }
 }
 
-impl Endpoint for Session {
-    fn socket(&self) -> &Socket {
-        &self.socket
-    }
-
-    fn inbound(&mut self) -> &mut BytesMut {
-        &mut self.inbound
-    }
-
-    fn outbound(&mut self) -> &mut OutQueue {
-        &mut self.outbound
-    }
-
-    fn on_written(&mut self, n: usize) {
-        let wire = &self.wire;
-        self.outbound.written(n, |buf| wire.queued_frame_len(buf));
-        self.link.release(n);
-        if self.wire.alive_on_write() {
-            self.alive();
-        }
-    }
-
-    fn on_input(&mut self, ctx: &mut Context<Self>) -> bool {
-        self.parse_input(ctx)
-    }
-
+impl Session {
+    /// The peer closed the connection or the socket failed.
     fn on_gone(&mut self, ctx: &mut Context<Self>) {
         if !self.is_closing() {
             self.shared.metrics.closed(1006);
             self.detach_reason = "gone";
             self.closing = Some(Closing::default());
+            self.io.borrow_mut().closing = true;
         }
         ctx.stop();
     }
 
+    /// Everything queued reached the socket.
     fn on_flushed(&mut self, ctx: &mut Context<Self>) {
-        self.flushing = false;
         if let Some(closing) = self.closing.as_mut() {
             closing.sent = true;
             if closing.peer_closed {
@@ -414,18 +404,22 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if let Some(w) = self.welcome.take() {
-            self.push_text(w.as_bytes(), ctx);
-        }
-        // The replay is bounded by --max-replay; it is counted in the session's queue but
-        // never refused, so live frames behind it are what waits.
-        for frame in std::mem::take(&mut self.replay) {
-            let before = self.outbound.len();
-            self.wire.frame(self.outbound.frames(), frame.as_bytes());
-            self.link.force(self.outbound.len() - before);
-        }
-        self.flush(ctx);
-        self.shared.metrics.transport_opened(self.wire.name());
+        let welcome = self.welcome.take().unwrap_or_default();
+        let replay = std::mem::take(&mut self.replay);
+        let name = {
+            let mut io = self.io.borrow_mut();
+            if let Some(socket) = self.socket.take() {
+                io.start(socket, |wire, out| {
+                    wire.frame(out, welcome.as_bytes());
+                    for frame in &replay {
+                        wire.frame(out, frame.as_bytes());
+                    }
+                });
+            }
+            io.wire.name()
+        };
+        self.shared.metrics.transport_opened(name);
+        ctx.spawn(Writer);
         ctx.spawn(Reader);
         // Bytes that arrived with the handshake.
         if !self.inbound.is_empty() {
@@ -434,7 +428,8 @@ impl Actor for Session {
     }
 
     fn stopping(&mut self, _: &mut Context<Self>) -> Running {
-        self.shared.metrics.transport_closed(self.wire.name());
+        let name = self.io.borrow().wire.name();
+        self.shared.metrics.transport_closed(name);
         self.shared.registry.do_send(Detach {
             id: self.id,
             reason: self.detach_reason,
@@ -444,42 +439,63 @@ impl Actor for Session {
 }
 
 /// A session the Registry has indexed but that does not run yet: its context, whose
-/// address the Registry holds, and its liveness stamp.
+/// address the Registry holds, its shared io (already in the thread's table, so frames
+/// fanned out from now on are kept for it) and its liveness stamp.
 pub struct Reserved {
+    pub id: SessionId,
     pub ctx: Context<Session>,
+    pub io: SharedIo,
+    pub local: LocalEntry,
     pub link: Arc<Link>,
     /// Durable mode: the sequence after which the session gets every message live.
     pub live_after: Option<u64>,
 }
 
-/// Index a new session before it runs. The actor's address exists before the actor does,
-/// so the Registry can admit (or refuse) it while the handshake is still plain HTTP.
+/// Index a new session before it runs, on `shard` (this thread's). The actor's address
+/// exists before the actor does, so the Registry can admit (or refuse) it while the
+/// handshake is still plain HTTP.
 pub async fn reserve(
-    registry: &Addr<Registry>,
+    shared: &SessionShared,
+    shard: usize,
     id: SessionId,
     identity: &Identity,
-    frame_len: FrameLen,
+    wire: Box<dyn Wire>,
 ) -> Result<Result<Reserved, Refusal>, MailboxError> {
-    let link = Arc::new(Link::new(crate::clock::now_ms(), frame_len));
+    let link = Arc::new(Link::new(crate::clock::now_ms(), wire.frame_len()));
     let ctx: Context<Session> = Context::new();
+    let handle = ctx.address().recipient();
+    let io = Rc::new(RefCell::new(SessionIo::new(
+        wire,
+        link.clone(),
+        shared.limits.outbound_queue_bytes,
+        handle.clone(),
+    )));
+    let local = LocalEntry::register(id, io.clone());
     let attach = Attach {
         id,
         identity: identity.clone(),
-        session: ctx.address().recipient(),
+        session: handle,
         link: link.clone(),
+        shard,
     };
-    Ok(registry.send(attach).await?.map(|live_after| Reserved {
-        ctx,
-        link,
-        live_after,
-    }))
+    Ok(shared
+        .registry
+        .send(attach)
+        .await?
+        .map(|live_after| Reserved {
+            id,
+            ctx,
+            io,
+            local,
+            link,
+            live_after,
+        }))
 }
 
 impl Handler<ForSession> for Session {
     type Result = ();
     fn handle(&mut self, msg: ForSession, ctx: &mut Context<Self>) {
         match msg {
-            ForSession::Push(push) => self.push(push, ctx),
             ForSession::Heartbeat => {
                 if !self.is_closing() {
                     self.queue_own(ctx, |wire, out| wire.heartbeat(out));
@@ -493,22 +509,5 @@ impl Handler<ForSession> for Session {
                 }
             }
         }
-    }
-}
-
-impl Session {
-    /// Queue a message frame the Registry reserved room for.
-    fn push(&mut self, msg: Push, ctx: &mut Context<Self>) {
-        let unfollowed = msg
-            .topic
-            .as_ref()
-            .is_some_and(|t| !self.topics.contains(&**t));
-        if self.is_closing() || unfollowed {
-            self.link.release(self.link.frame_len(msg.frame.as_bytes()));
-            return;
-        }
-        self.wire
-            .frame(self.outbound.frames(), msg.frame.as_bytes());
-        self.flush(ctx);
     }
 }

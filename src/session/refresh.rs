@@ -78,6 +78,8 @@ impl Session {
         self.identity.topics = new.topics;
         self.identity.expires_at = new.expires_at;
         let mut dropped: Vec<String> = self
+            .io
+            .borrow()
             .topics
             .iter()
             .filter(|t| !crate::auth::topic_allowed(&self.identity, t))
@@ -85,8 +87,8 @@ impl Session {
             .collect();
         dropped.sort();
         for t in &dropped {
-            // Topic messages already on their way are dropped by `Push` from now on.
-            self.topics.remove(t);
+            // Topic messages already on their way are skipped by the shard from now on.
+            self.io.borrow_mut().topics.remove(t);
         }
         self.shared.registry.do_send(Refreshed {
             id: self.id,

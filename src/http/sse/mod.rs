@@ -58,10 +58,8 @@ async fn open(
         .filter(|v| !v.is_empty())
         .map(str::to_string);
     let Admitted {
-        id,
+        reserved,
         identity,
-        ctx,
-        link,
         opening,
     } = admission::admit(
         state,
@@ -70,19 +68,17 @@ async fn open(
             query: req.query_string(),
             headers: req.headers(),
             resume,
-            frame_len: event::event_len,
+            wire: Box::new(SseWire),
         },
     )
     .await?;
     let (socket, body) = pipe();
-    let session = Session::new(
-        id,
+    let (ctx, session) = Session::new(
+        reserved,
         identity,
         state.session.clone(),
         Socket::Pipe(socket),
-        Box::new(SseWire),
         Default::default(),
-        link,
         opening,
     );
     ctx.run(session);

@@ -47,7 +47,7 @@ pub async fn serve(state: web::Data<AppState>, req: Request, framed: Framed<TcpS
             if io.write_all(head.as_bytes()).await.is_err() {
                 // The client left during the handshake: the session never starts.
                 state.registry.do_send(Detach {
-                    id: admitted.id,
+                    id: admitted.reserved.id,
                     reason: "gone",
                 });
                 return;
@@ -56,21 +56,16 @@ pub async fn serve(state: web::Data<AppState>, req: Request, framed: Framed<TcpS
             let mut leftover = BytesMut::new();
             leftover.extend_from_slice(&parts.read_buf);
             let Admitted {
-                id,
+                reserved,
                 identity,
-                ctx,
-                link,
                 opening,
             } = admitted;
-            let wire = WebSocketWire::new(state.session.limits.max_frame_bytes);
-            let session = Session::new(
-                id,
+            let (ctx, session) = Session::new(
+                reserved,
                 identity,
                 state.session.clone(),
                 Socket::Tcp(io),
-                Box::new(wire),
                 leftover,
-                link,
                 opening,
             );
             ctx.run(session);
@@ -109,7 +104,7 @@ async fn admit(state: &AppState, req: &Request) -> Result<(Admitted, String), Re
             query: req.uri().query().unwrap_or(""),
             headers: req.headers(),
             resume: None,
-            frame_len: framing::text_frame_len_of,
+            wire: Box::new(WebSocketWire::new(state.session.limits.max_frame_bytes)),
         },
     )
     .await?;

@@ -1,0 +1,147 @@
+//! Registry shards: one per worker thread, owning the fan-out to the sessions that live on
+//! that thread (see `session::io`).
+//!
+//! The Registry stays the one owner of session state and user-wide rules (limits,
+//! takeover, presence, topics), so those stay exact. What it hands a shard is one
+//! [`ShardDeliver`] per message and shard — not one mailbox message per recipient — and
+//! the shard queues the shared frame into each recipient's buffer, then writes every
+//! buffer it touched once, at the end of its wake-up: frames that arrive together leave in
+//! one write. A session whose socket cannot take it all is left to its own writer.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::mailbox::{Recipients, ShardDeliver};
+use crate::metrics::{Metrics, SourceLabel, SourceLabels};
+use crate::registry::{AddShard, Registry};
+use crate::session::io::{with_local, Offer, SharedIo};
+
+/// Shard ids, in the order their threads first took a session.
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's shard id, once it has one.
+    static THIS_SHARD: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+pub struct Shard {
+    metrics: Arc<Metrics>,
+    /// Sessions whose queue this wake-up made non-empty: written by [`WriteTouched`].
+    touched: Vec<SharedIo>,
+}
+
+impl Shard {
+    /// The shard of the calling thread, started (and introduced to `registry`) on first
+    /// use. Must be called on the thread the session will run on.
+    pub fn current(registry: &Addr<Registry>, metrics: &Arc<Metrics>) -> usize {
+        if let Some(id) = THIS_SHARD.with(Cell::get) {
+            return id;
+        }
+        let id = NEXT_SHARD.fetch_add(1, Ordering::Relaxed);
+        let shard = Shard {
+            metrics: metrics.clone(),
+            touched: Vec::new(),
+        }
+        .start();
+        // Sent before any session of this shard attaches (same sender, same queue).
+        registry.do_send(AddShard {
+            id,
+            shard: shard.recipient(),
+        });
+        THIS_SHARD.with(|c| c.set(Some(id)));
+        tracing::debug!(shard = id, "shard started on this thread");
+        id
+    }
+
+    fn offer(&mut self, io: &SharedIo, msg: &ShardDeliver, tally: &mut Tally) {
+        match io
+            .borrow_mut()
+            .offer(msg.frame.as_bytes(), msg.topic.as_deref())
+        {
+            Offer::Queued { first } => {
+                tally.sent += 1;
+                if first {
+                    self.touched.push(io.clone());
+                }
+            }
+            Offer::Dropped => tally.dropped += 1,
+            Offer::Skipped => {}
+        }
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    sent: u64,
+    dropped: u64,
+}
+
+impl Actor for Shard {
+    type Context = Context<Self>;
+}
+
+impl Handler<ShardDeliver> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: ShardDeliver, ctx: &mut Context<Self>) {
+        let had_touched = !self.touched.is_empty();
+        let mut tally = Tally::default();
+        with_local(|sessions| match &msg.to {
+            Recipients::All => {
+                for io in sessions.values() {
+                    self.offer(io, &msg, &mut tally);
+                }
+            }
+            Recipients::Sessions(ids) => {
+                for id in ids {
+                    if let Some(io) = sessions.get(id) {
+                        self.offer(io, &msg, &mut tally);
+                    }
+                }
+            }
+        });
+        if !had_touched && !self.touched.is_empty() {
+            // Runs after the rest of this wake-up's mailbox: one write per session.
+            ctx.spawn(WriteTouched);
+        }
+        let m = &self.metrics;
+        if tally.dropped > 0 {
+            m.slow_consumer_drops.inc_by(tally.dropped);
+        }
+        if tally.sent > 0 {
+            let source = if msg.topic.is_some() {
+                SourceLabel::topic
+            } else if matches!(msg.to, Recipients::All) {
+                SourceLabel::broadcast
+            } else {
+                SourceLabel::user
+            };
+            m.messages_out
+                .get_or_create(&SourceLabels { source })
+                .inc_by(tally.sent);
+            m.bytes_out.inc_by(tally.sent * msg.frame.len() as u64);
+        }
+    }
+}
+
+/// Writes every session the current wake-up queued frames for.
+struct WriteTouched;
+
+impl ActorFuture<Shard> for WriteTouched {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        act: &mut Shard,
+        _: &mut Context<Shard>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        for io in std::mem::take(&mut act.touched) {
+            io.borrow_mut().write_now();
+        }
+        std::task::Poll::Ready(())
+    }
+}
