@@ -276,3 +276,46 @@ async fn a_durable_reconnect_with_last_event_id_replays_what_was_missed() {
     assert_eq!(status, 202);
     assert_eq!(s.next_event().await.json()["data"], json!({"n": 4}));
 }
+
+#[tokio::test]
+async fn a_stream_that_cannot_be_written_is_evicted_as_idle_and_a_read_one_lives() {
+    let hub = Hub::secured(&[
+        "--heartbeat",
+        "300ms",
+        "--idle-timeout",
+        "1500ms",
+        "--outbound-queue-bytes",
+        "67108864",
+    ])
+    .await;
+    let (mut reader, _) = open(&hub, "reader", "").await;
+    let (_stalled, _) = open(&hub, "stalled", "").await;
+    // More than the socket buffers hold, less than the queue limit: the stalled stream's
+    // writes stop, with no slow-consumer close.
+    let big = "x".repeat(64 * 1024);
+    for _ in 0..160 {
+        let (status, _) = hub.publish(json!({"user": "stalled", "data": big})).await;
+        assert_eq!(status, 202);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if hub.metric("herald_closes_total{code=\"4002\"}").await >= 1.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled stream was not evicted"
+        );
+        // The stream that is read stays alive meanwhile, on heartbeats alone.
+        let ev = reader.next_any(Duration::from_secs(2)).await.expect("open");
+        assert_eq!(ev.kind, "comment");
+    }
+    assert_eq!(hub.metric("herald_closes_total{code=\"4008\"}").await, 0.0);
+    let (_, p) = hub.get_json("/api/v1/presence/stalled").await;
+    assert_eq!(p["sessions"], 0, "{p}");
+    let (_, p) = hub.get_json("/api/v1/presence/reader").await;
+    assert_eq!(
+        p["sessions"], 1,
+        "the stream that is read is not evicted: {p}"
+    );
+}
