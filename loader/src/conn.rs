@@ -55,6 +55,9 @@ pub struct Shared {
     first_error: Mutex<Option<String>>,
     /// Latency in nanoseconds, sharded to keep lock contention low.
     latency: Vec<Mutex<Histogram<u64>>>,
+    /// The same for payloads marked `"b":1` (the soak's broadcasts, kept apart from its
+    /// addressed messages).
+    latency_marked: Vec<Mutex<Histogram<u64>>>,
     /// Per message sequence: how many sessions got it, and the slowest arrival.
     pub per_seq_count: Vec<AtomicU64>,
     pub per_seq_max_ns: Vec<AtomicU64>,
@@ -72,6 +75,7 @@ impl Shared {
             errors: AtomicUsize::new(0),
             first_error: Mutex::new(None),
             latency: (0..SHARDS).map(|_| Mutex::new(new_histogram())).collect(),
+            latency_marked: (0..SHARDS).map(|_| Mutex::new(new_histogram())).collect(),
             per_seq_count: (0..seqs).map(|_| AtomicU64::new(0)).collect(),
             per_seq_max_ns: (0..seqs).map(|_| AtomicU64::new(0)).collect(),
             progress: Notify::new(),
@@ -103,7 +107,12 @@ impl Shared {
         };
         let now = now_ns();
         let lat = now.saturating_sub(t).max(1_000);
-        if let Ok(mut h) = self.latency[conn % SHARDS].lock() {
+        let shards = if text.contains("\"b\":1") {
+            &self.latency_marked
+        } else {
+            &self.latency
+        };
+        if let Ok(mut h) = shards[conn % SHARDS].lock() {
             let _ = h.record(lat.min(120_000_000_000));
         }
         if let Some(c) = self.per_seq_count.get(seq as usize) {
@@ -116,10 +125,10 @@ impl Shared {
         true
     }
 
-    /// All latency shards merged.
+    /// All latency shards merged (marked payloads too).
     pub fn latency(&self) -> Histogram<u64> {
         let mut all = new_histogram();
-        for shard in &self.latency {
+        for shard in self.latency.iter().chain(&self.latency_marked) {
             if let Ok(h) = shard.lock() {
                 let _ = all.add(&*h);
             }
@@ -127,16 +136,20 @@ impl Shared {
         all
     }
 
-    /// All latency shards merged, and every shard emptied (for figures per interval).
-    pub fn take_latency(&self) -> Histogram<u64> {
-        let mut all = new_histogram();
-        for shard in &self.latency {
-            if let Ok(mut h) = shard.lock() {
-                let _ = all.add(&*h);
-                h.reset();
+    /// The latency of unmarked and of marked (`"b":1`) payloads since the last call, each
+    /// merged, and every shard emptied (for figures per interval).
+    pub fn take_latency(&self) -> (Histogram<u64>, Histogram<u64>) {
+        let take = |shards: &[Mutex<Histogram<u64>>]| {
+            let mut all = new_histogram();
+            for shard in shards {
+                if let Ok(mut h) = shard.lock() {
+                    let _ = all.add(&*h);
+                    h.reset();
+                }
             }
-        }
-        all
+            all
+        };
+        (take(&self.latency), take(&self.latency_marked))
     }
 }
 
