@@ -61,6 +61,8 @@ pub struct Subscriber {
     /// Every active subscription, merged.
     streams: SelectAll<Abortable<Subscription>>,
     pump_waker: Option<Waker>,
+    /// Subjects go onto the bus's one interest stream instead of a stream each.
+    shared_interest: bool,
     seen: crate::dedup::RecentIds,
     /// Deliveries waiting in the Registry's mailbox (bounded).
     deliveries: Arc<InFlight>,
@@ -73,8 +75,9 @@ pub struct Subscriber {
 enum SubState {
     /// Subscribe in flight; `wanted` turns false if interest ended meanwhile.
     Pending { wanted: bool, waiters: Vec<Waiter> },
-    /// Subscribed; aborting the handle ends the stream, which unsubscribes on the bus.
-    Active(AbortHandle),
+    /// Subscribed; aborting the handle ends the stream, which unsubscribes on the bus. No
+    /// handle: the subject is on the bus's shared interest stream.
+    Active(Option<AbortHandle>),
 }
 
 impl Subscriber {
@@ -92,6 +95,7 @@ impl Subscriber {
             subs: HashMap::new(),
             streams: SelectAll::new(),
             pump_waker: None,
+            shared_interest: false,
             seen: crate::dedup::RecentIds::default(),
             deliveries,
             durable,
@@ -121,10 +125,17 @@ impl Subscriber {
         let bus = self.bus.clone();
         let s = subject.clone();
         let q = queue.clone();
+        let shared = self.shared_interest && queue.is_none();
         ctx.spawn(
-            async move { bus.subscribe(s, q).await }
-                .into_actor(self)
-                .map(move |res, act, ctx| act.subscribed(subject, queue, res, ctx)),
+            async move {
+                if shared {
+                    bus.add_interest(s).await.map(|()| None)
+                } else {
+                    bus.subscribe(s, q).await.map(Some)
+                }
+            }
+            .into_actor(self)
+            .map(move |res, act, ctx| act.subscribed(subject, queue, res, ctx)),
         );
     }
 
@@ -132,7 +143,7 @@ impl Subscriber {
         &mut self,
         subject: String,
         queue: Option<String>,
-        res: Result<Subscription, crate::bus::BusError>,
+        res: Result<Option<Subscription>, crate::bus::BusError>,
         ctx: &mut Context<Self>,
     ) {
         let Some(SubState::Pending { wanted, waiters }) = self.subs.remove(&subject) else {
@@ -140,11 +151,14 @@ impl Subscriber {
         };
         match res {
             Ok(sub) if wanted => {
-                let (stream, handle) = stream::abortable(sub);
-                self.streams.push(stream);
-                if let Some(w) = &self.pump_waker {
-                    w.wake_by_ref();
-                }
+                let handle = sub.map(|sub| {
+                    let (stream, handle) = stream::abortable(sub);
+                    self.streams.push(stream);
+                    if let Some(w) = &self.pump_waker {
+                        w.wake_by_ref();
+                    }
+                    handle
+                });
                 self.subs.insert(subject.clone(), SubState::Active(handle));
                 if self.is_live_feed(&subject) {
                     // Ready once the baseline is known: waiters get it then.
@@ -157,9 +171,15 @@ impl Subscriber {
                     });
                 }
             }
-            Ok(_) => waiters.into_iter().for_each(|w| {
-                let _ = w.send(None);
-            }),
+            Ok(sub) => {
+                // Interest ended while subscribing: a stream unsubscribes when dropped.
+                if sub.is_none() {
+                    self.bus.remove_interest(&subject);
+                }
+                waiters.into_iter().for_each(|w| {
+                    let _ = w.send(None);
+                })
+            }
             Err(e) if wanted => {
                 tracing::warn!(subject = %subject, error = %e, "subscribe failed; retrying");
                 self.subs
@@ -180,9 +200,12 @@ impl Subscriber {
         match self.subs.get_mut(subject) {
             Some(SubState::Pending { wanted, .. }) => *wanted = false,
             Some(SubState::Active(handle)) => {
-                // The aborted stream ends at its next poll and is dropped from the set,
-                // which unsubscribes on the bus.
-                handle.abort();
+                match handle {
+                    // The aborted stream ends at its next poll and is dropped from the
+                    // set, which unsubscribes on the bus.
+                    Some(handle) => handle.abort(),
+                    None => self.bus.remove_interest(subject),
+                }
                 self.subs.remove(subject);
             }
             None => {}
@@ -419,6 +442,10 @@ impl Actor for Subscriber {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.spawn(Pump);
+        if let Some(shared) = self.bus.take_interest_stream() {
+            self.streams.push(stream::abortable(shared).0);
+            self.shared_interest = true;
+        }
         let broadcast = self.subjects.broadcast();
         self.add(broadcast, None, ctx);
     }

@@ -4,6 +4,7 @@
 //! Subjects follow NATS rules in both engines (`*` one token, final `>` the rest), so code
 //! above this seam never knows which engine runs.
 
+pub mod interest;
 pub mod memory;
 pub mod nats;
 
@@ -18,7 +19,7 @@ use futures_util::Stream;
 pub type Headers = Vec<(String, String)>;
 
 /// A message received from the bus.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BusMessage {
     pub subject: String,
     pub reply: Option<String>,
@@ -89,6 +90,24 @@ pub trait Bus: Send + Sync + 'static {
         subject: String,
         queue: Option<String>,
     ) -> Result<Subscription, BusError>;
+
+    /// Engines that can carry many subscriptions into one stream hand it out here, once:
+    /// subjects added with [`Bus::add_interest`] arrive on it, with no per-subscription
+    /// stream (or channel) at all. None: use [`Bus::subscribe`] for each subject.
+    fn take_interest_stream(&self) -> Option<Subscription> {
+        None
+    }
+
+    /// Add a subject to the interest stream; resolves once the subscription is in place.
+    async fn add_interest(&self, subject: String) -> Result<(), BusError> {
+        Err(BusError::Other(format!(
+            "{} has no interest stream for {subject}",
+            self.engine()
+        )))
+    }
+
+    /// Remove a subject from the interest stream.
+    fn remove_interest(&self, _subject: &str) {}
 
     /// A fresh unique subject for replies.
     fn new_inbox(&self) -> String;

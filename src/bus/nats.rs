@@ -19,6 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 
+use super::interest::{self, Interest};
 use super::{Bus, BusError, BusMessage, Outbound, Subscription};
 use crate::metrics::Metrics;
 
@@ -139,6 +140,10 @@ fn is_auth_refusal(error: &async_nats::ClientError) -> bool {
 #[derive(Clone)]
 pub struct NatsBus {
     client: async_nats::Client,
+    /// herald's own connection for interest subscriptions, when it could be used.
+    interest: Option<Arc<Interest>>,
+    /// Its message stream, until the Subscriber takes it.
+    interest_stream: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<BusMessage>>>>,
     /// Connections made so far (1 after the first, +1 per reconnect).
     connections: Arc<AtomicU64>,
     /// The server refused the credentials since the last successful connection.
@@ -165,6 +170,7 @@ impl NatsBus {
         metrics: Arc<Metrics>,
     ) -> Result<NatsBus, BusError> {
         let (addrs, url_credentials) = parse_urls(urls).map_err(BusError::Other)?;
+        let interest_target = interest_target(&addrs, name, &url_credentials, nats);
         let mut options = async_nats::ConnectOptions::new();
         if let Some(path) = &nats.creds {
             options = options.credentials_file(path).await.map_err(|e| {
@@ -253,8 +259,14 @@ impl NatsBus {
         if client.connection_state() == async_nats::connection::State::Connected {
             connections.fetch_max(1, Ordering::AcqRel);
         }
+        let (interest, interest_stream) = match interest_target {
+            Some(target) => start_interest(target, connections.clone()).await,
+            None => (None, None),
+        };
         Ok(NatsBus {
             client,
+            interest,
+            interest_stream: Arc::new(std::sync::Mutex::new(interest_stream)),
             connections,
             refused,
         })
@@ -271,6 +283,58 @@ impl NatsBus {
     }
 }
 
+/// Where herald's own interest connection goes, or None when it cannot be used: a
+/// credentials file (NKey signatures), or a `tls://` URL.
+fn interest_target(
+    addrs: &[async_nats::ServerAddr],
+    name: &str,
+    credentials: &Option<UrlCredentials>,
+    nats: &NatsOptions,
+) -> Option<interest::Target> {
+    if nats.creds.is_some() || addrs.iter().any(|a| a.tls_required()) {
+        tracing::info!("interest subscriptions use the NATS client (credentials file or TLS)");
+        return None;
+    }
+    let servers: Vec<(String, u16)> = addrs
+        .iter()
+        .map(|a| (a.host().to_string(), a.port()))
+        .collect();
+    if servers.is_empty() {
+        return None;
+    }
+    Some(interest::Target {
+        servers,
+        name: name.to_string(),
+        credentials: credentials.clone(),
+    })
+}
+
+/// How long a starting pod waits for its interest connection before going on (it keeps
+/// connecting in the background; a server that turns out to require TLS makes the bus
+/// fall back to the NATS client's subscriptions only when this is known in time).
+const INTEREST_START_WAIT: Duration = Duration::from_secs(5);
+
+async fn start_interest(
+    target: interest::Target,
+    generation: Arc<AtomicU64>,
+) -> (
+    Option<Arc<Interest>>,
+    Option<tokio::sync::mpsc::Receiver<BusMessage>>,
+) {
+    let (interest, stream) = Interest::start(target, generation);
+    let deadline = tokio::time::Instant::now() + INTEREST_START_WAIT;
+    while !interest.is_connected() && !interest.tls_refused() {
+        if tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if interest.tls_refused() {
+        return (None, None);
+    }
+    (Some(Arc::new(interest)), Some(stream))
+}
+
 pub(crate) fn to_header_map(headers: &[(String, String)]) -> Option<async_nats::HeaderMap> {
     if headers.is_empty() {
         return None;
@@ -280,6 +344,13 @@ pub(crate) fn to_header_map(headers: &[(String, String)]) -> Option<async_nats::
         map.insert(k.as_str(), v.as_str());
     }
     Some(map)
+}
+
+/// A receiver as a stream.
+fn tokio_stream_of(
+    mut rx: tokio::sync::mpsc::Receiver<BusMessage>,
+) -> impl futures_util::Stream<Item = BusMessage> + Send {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 fn from_message(m: async_nats::Message) -> BusMessage {
@@ -348,12 +419,35 @@ impl Bus for NatsBus {
         Ok(Box::pin(messages))
     }
 
+    fn take_interest_stream(&self) -> Option<Subscription> {
+        let rx = self
+            .interest_stream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        Some(Box::pin(tokio_stream_of(rx)))
+    }
+
+    async fn add_interest(&self, subject: String) -> Result<(), BusError> {
+        match &self.interest {
+            Some(i) => i.add(subject, SUBSCRIBE_CONFIRM_TIMEOUT).await,
+            None => Err(BusError::Other("no interest connection".into())),
+        }
+    }
+
+    fn remove_interest(&self, subject: &str) {
+        if let Some(i) = &self.interest {
+            i.remove(subject);
+        }
+    }
+
     fn new_inbox(&self) -> String {
         self.client.new_inbox()
     }
 
     fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+            && self.interest.as_ref().is_none_or(|i| i.is_connected())
     }
 
     fn engine(&self) -> &'static str {
