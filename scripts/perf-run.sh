@@ -572,7 +572,7 @@ soak() {
     soak --connections "${SOAK_CONNS:-19000}" --duration "${SOAK_DURATION:-30m}" \
     --churn-percent "${SOAK_CHURN:-10}" --rate "${SOAK_RATE:-1000}" \
     --broadcast-rate "${SOAK_BROADCAST_RATE:-1}" --interval "${SOAK_INTERVAL:-60s}" \
-    | tee "$WORK/soak.txt" | grep -v '^{' || true
+    | tee "$WORK/soak.txt" | grep --line-buffered -v '^{' || true
   tail -n 1 "$WORK/soak.txt" | grep '^{' | sed "s/^{/{\"system\":\"$proto\",/" >>"$OUT" || true
   if [ "$proto" = herald ]; then
     herald_log_summary soak

@@ -937,15 +937,16 @@ impl Soak {
             tokio::time::sleep(self.grace).await;
         }
         let conn = s.conn.lock().expect("slot lock").take();
-        let Some((slot, handle)) = conn else {
+        let Some((slot, mut handle)) = conn else {
             return;
         };
         slot.close();
-        if tokio::time::timeout(Duration::from_secs(5), handle)
+        if tokio::time::timeout(Duration::from_secs(5), &mut handle)
             .await
             .is_err()
         {
-            // The reader did not finish its close in time; drop the connection.
+            // The reader did not finish its close in time: drop the connection.
+            handle.abort();
         }
         let expected = s.expected.swap(0, Ordering::Relaxed);
         let received = slot.received.load(Ordering::Relaxed);
