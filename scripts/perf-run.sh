@@ -3,7 +3,7 @@
 # Starts its own nats-server and herald pods (release build), runs herald-load scenarios and
 # appends every JSON result line to $OUT (default artifacts/perf/results.jsonl).
 #
-#   scripts/perf-run.sh [single|scale|broadcast100k|membound|durable|durablelimit|peer|soak|all]
+#   scripts/perf-run.sh [single|scale|broadcast100k|membound|durable|durablelimit|peer|sse|soak|all]
 #
 # single: one pod, 19,000 connections: idle memory, reconnect storm (with the kernel's
 #         listen queue overflows), broadcast, addressed.
@@ -41,6 +41,11 @@
 #         table to $WORK/peer.md and every loader line, marked "system", to $OUT. Each
 #         measured run waits (at most PEER_QUIET_WAIT s, default 120) for the machine to be
 #         quiet first. 19,900 sockets is about what one process may open (20,000 files).
+# sse:    herald's SSE sessions against its WebSocket sessions, same pod setup as "peer"
+#         (NATS mode on nats-server $NATS_RELEASE, fresh servers for each run): idle at
+#         PEER_N connections (KiB RSS per session) and PEER_BCAST_MESSAGES broadcasts at 2/s
+#         to PEER_CONNS sessions (latency), each over --transport sse and ws. Lines go to
+#         $OUT marked "system": "herald-sse" or "herald-ws".
 # soak:   not for CI. SOAK_CONNS (default 19,000) connections, SOAK_CHURN % of them (default 10)
 #         closed and reopened a minute, addressed SOAK_RATE/s (default 1,000) and
 #         SOAK_BROADCAST_RATE broadcasts/s (default 1) for SOAK_DURATION (default 30m):
@@ -554,6 +559,40 @@ if failed:
 PY
 }
 
+sse() {
+  ulimit -n "$(ulimit -Hn)"
+  local n=${PEER_N:-19900} conns=${PEER_CONNS:-19000} bcast_m=${PEER_BCAST_MESSAGES:-20}
+  local transport
+  for transport in sse ws; do
+    peer_run herald "idle-$transport" --transport "$transport" idle --connections "$n" --hold 3s
+    peer_run herald "bcast-$transport" --transport "$transport" \
+      broadcast --connections "$conns" --messages "$bcast_m" --rate 2
+  done
+  python3 - "$WORK" <<'PY'
+import json, sys
+work = sys.argv[1]
+def load(name):
+    try:
+        return json.load(open(f"{work}/peer-herald-{name}.json"))
+    except (OSError, ValueError):
+        return {}
+rows = [
+    ("KiB RSS per idle session (herald alone)", "idle", "server_rss_per_conn_kib"),
+    ("KiB RSS per idle session (herald + its nats-server)", "idle", "server_nats_rss_per_conn_kib"),
+    ("sessions ready per second", "idle", "ready_per_s"),
+    ("broadcast: latency p50 (ms)", "bcast", "latency_p50_ms"),
+    ("broadcast: latency p99 (ms)", "bcast", "latency_p99_ms"),
+    ("broadcast: time to reach all, p50 (ms)", "bcast", "reach_all_p50_ms"),
+    ("broadcast: server CPU µs per delivery", "bcast", "server_nats_cpu_us_per_delivery"),
+    ("broadcast: lost", "bcast", "lost"),
+]
+print("| figure | SSE | WebSocket |\n|---|---|---|")
+for label, run, key in rows:
+    s, w = load(f"{run}-sse").get(key), load(f"{run}-ws").get(key)
+    print(f"| {label} | {s} | {w} |")
+PY
+}
+
 soak() {
   ulimit -n "$(ulimit -Hn)"
   local proto=${SOAK_PROTO:-herald} args=()
@@ -609,8 +648,9 @@ case "$MODE" in
   durable) durable ;;
   durablelimit) durablelimit ;;
   peer) peer ;;
+  sse) sse ;;
   soak) soak ;;
   all) single; scale; broadcast100k; membound; durable; durablelimit; peer ;;
-  *) echo "usage: $0 [single|scale|broadcast100k|membound|durable|durablelimit|peer|soak|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [single|scale|broadcast100k|membound|durable|durablelimit|peer|sse|soak|all]" >&2; exit 2 ;;
 esac
 echo "results appended to $OUT"
