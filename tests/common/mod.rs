@@ -37,11 +37,22 @@ pub async fn wait_for_status(url: &str, status: u16, within: Duration, what: &st
     }
 }
 
+/// A loopback port nothing listens on, never handed out before in this test process: the
+/// kernel may give the same free port to two tests running side by side, and then one
+/// test's client talks to the other test's server.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static ISSUED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut issued = ISSUED.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if !issued.contains(&port) {
+            issued.push(port);
+            return port;
+        }
+    }
 }
 
 /// A herald process.
@@ -53,12 +64,51 @@ pub struct Hub {
 
 impl Hub {
     /// Start herald with these extra flags on a free loopback port and wait until it is
-    /// healthy.
+    /// healthy. If the port was taken in the meantime (herald exits at once), it tries
+    /// another.
     pub async fn start(extra: &[&str]) -> Hub {
-        Self::start_on(free_port(), extra).await
+        for _ in 0..3 {
+            let mut hub = Self::spawn(free_port(), extra);
+            if hub.healthy_unless_exited().await {
+                return hub;
+            }
+        }
+        panic!("herald could not listen on three free ports in a row");
     }
 
     pub async fn start_on(port: u16, extra: &[&str]) -> Hub {
+        let mut hub = Self::spawn(port, extra);
+        assert!(
+            hub.healthy_unless_exited().await,
+            "herald exited at start on port {port}"
+        );
+        hub
+    }
+
+    /// Wait until /healthz answers 200 (true) or the process exits (false). A hub that
+    /// answers while this process has exited is someone else's: false.
+    async fn healthy_unless_exited(&mut self) -> bool {
+        let url = format!("{}/healthz", self.http());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if let Ok(r) = reqwest::get(&url).await {
+                if r.status() == 200 {
+                    return self.child.try_wait().ok().flatten().is_none();
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "herald did not become healthy on port {}",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    fn spawn(port: u16, extra: &[&str]) -> Hub {
         let listen = format!("127.0.0.1:{port}");
         let mut args: Vec<String> = vec!["serve".into(), "--listen".into(), listen];
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -75,9 +125,7 @@ impl Hub {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("herald starts");
-        let hub = Hub { child, port, args };
-        hub.wait_healthy().await;
-        hub
+        Hub { child, port, args }
     }
 
     /// A hub with the test JWT secret and API key.
