@@ -44,8 +44,8 @@
 # sse:    herald's SSE sessions against its WebSocket sessions, same pod setup as "peer"
 #         (NATS mode on nats-server $NATS_RELEASE, fresh servers for each run): idle at
 #         PEER_N connections (KiB RSS per session) and PEER_BCAST_MESSAGES broadcasts at 2/s
-#         to PEER_CONNS sessions (latency), each over --transport sse and ws. Lines go to
-#         $OUT marked "system": "herald-sse" or "herald-ws".
+#         to PEER_CONNS sessions (latency), each over --transport sse and ws. Prints the
+#         table; the loader lines go to $OUT (in SSE then WebSocket order).
 # soak:   not for CI. SOAK_CONNS (default 19,000) connections, SOAK_CHURN % of them (default 10)
 #         closed and reopened a minute, addressed SOAK_RATE/s (default 1,000) and
 #         SOAK_BROADCAST_RATE broadcasts/s (default 1) for SOAK_DURATION (default 30m):
@@ -584,7 +584,8 @@ rows = [
     ("broadcast: latency p99 (ms)", "bcast", "latency_p99_ms"),
     ("broadcast: time to reach all, p50 (ms)", "bcast", "reach_all_p50_ms"),
     ("broadcast: server CPU µs per delivery", "bcast", "server_nats_cpu_us_per_delivery"),
-    ("broadcast: lost", "bcast", "lost"),
+    ("broadcast: deliveries", "bcast", "deliveries"),
+    ("broadcast: deliveries owed", "bcast", "expected"),
 ]
 print("| figure | SSE | WebSocket |\n|---|---|---|")
 for label, run, key in rows:
