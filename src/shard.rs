@@ -7,6 +7,12 @@
 //! the shard queues the shared frame into each recipient's buffer, then writes every
 //! buffer it touched once, at the end of its wake-up: frames that arrive together leave in
 //! one write. A session whose socket cannot take it all is left to its own writer.
+//!
+//! A write pass over thousands of sessions is done in slices of [`WRITE_SLICE`], giving the
+//! mailbox a turn between them, and a message for a few sessions that arrives during a pass
+//! is written at once: an addressed message does not wait for a broadcast to reach every
+//! other session of the shard. Frames to one session still leave in the order they came,
+//! because each write takes the session's whole queue.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +24,12 @@ use crate::mailbox::{Recipients, ShardDeliver};
 use crate::metrics::{Metrics, SourceLabel, SourceLabels};
 use crate::registry::{AddShard, Registry};
 use crate::session::io::{with_local, Offer, SharedIo};
+
+/// Sessions written per turn of a write pass before the shard yields to its mailbox.
+const WRITE_SLICE: usize = 256;
+/// A message for at most this many sessions, arriving during a write pass, is written at
+/// once instead of at the end of the pass.
+const WRITE_AT_ONCE: usize = 16;
 
 /// Shard ids, in the order their threads first took a session.
 static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
@@ -31,6 +43,8 @@ pub struct Shard {
     metrics: Arc<Metrics>,
     /// Sessions whose queue this wake-up made non-empty: written by [`WriteTouched`].
     touched: Vec<SharedIo>,
+    /// The write pass in progress: what is left of the `touched` it took.
+    writing: Option<std::vec::IntoIter<SharedIo>>,
 }
 
 impl Shard {
@@ -44,6 +58,7 @@ impl Shard {
         let shard = Shard {
             metrics: metrics.clone(),
             touched: Vec::new(),
+            writing: None,
         }
         .start();
         // Sent before any session of this shard attaches (same sender, same queue).
@@ -87,7 +102,7 @@ impl Handler<ShardDeliver> for Shard {
     type Result = ();
 
     fn handle(&mut self, msg: ShardDeliver, ctx: &mut Context<Self>) {
-        let had_touched = !self.touched.is_empty();
+        let pass_running = self.writing.is_some() || !self.touched.is_empty();
         let mut tally = Tally::default();
         with_local(|sessions| match &msg.to {
             Recipients::All => {
@@ -101,9 +116,14 @@ impl Handler<ShardDeliver> for Shard {
                         self.offer(io, &msg, &mut tally);
                     }
                 }
+                if self.writing.is_some() && ids.len() <= WRITE_AT_ONCE {
+                    for io in ids.iter().filter_map(|id| sessions.get(id)) {
+                        io.borrow_mut().write_now();
+                    }
+                }
             }
         });
-        if !had_touched && !self.touched.is_empty() {
+        if !pass_running && !self.touched.is_empty() {
             // Runs after the rest of this wake-up's mailbox: one write per session.
             ctx.spawn(WriteTouched);
         }
@@ -127,7 +147,8 @@ impl Handler<ShardDeliver> for Shard {
     }
 }
 
-/// Writes every session the current wake-up queued frames for.
+/// Writes every session the shard queued frames for, [`WRITE_SLICE`] at a time, until none
+/// is left.
 struct WriteTouched;
 
 impl ActorFuture<Shard> for WriteTouched {
@@ -137,11 +158,22 @@ impl ActorFuture<Shard> for WriteTouched {
         self: std::pin::Pin<&mut Self>,
         act: &mut Shard,
         _: &mut Context<Shard>,
-        _: &mut std::task::Context<'_>,
+        task: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
-        for io in std::mem::take(&mut act.touched) {
+        let pass = act
+            .writing
+            .get_or_insert_with(|| std::mem::take(&mut act.touched).into_iter());
+        for io in pass.by_ref().take(WRITE_SLICE) {
             io.borrow_mut().write_now();
         }
-        std::task::Poll::Ready(())
+        if pass.len() == 0 {
+            act.writing = None;
+            if act.touched.is_empty() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        // More to write: let the mailbox (an addressed message, say) have a turn first.
+        task.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }
