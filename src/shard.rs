@@ -14,7 +14,7 @@
 //! other session of the shard. Frames to one session still leave in the order they came,
 //! because each write takes the session's whole queue.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -35,11 +35,12 @@ const WRITE_AT_ONCE: usize = 16;
 static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
-    /// This thread's shard id, once it has one.
-    static THIS_SHARD: Cell<Option<usize>> = const { Cell::new(None) };
+    /// This thread's shard, once it has one, and the Registry it belongs to.
+    static THIS_SHARD: RefCell<Option<(Addr<Registry>, usize)>> = const { RefCell::new(None) };
 }
 
 pub struct Shard {
+    id: usize,
     metrics: Arc<Metrics>,
     /// Sessions whose queue this wake-up made non-empty: written by [`WriteTouched`].
     touched: Vec<SharedIo>,
@@ -49,13 +50,21 @@ pub struct Shard {
 
 impl Shard {
     /// The shard of the calling thread, started (and introduced to `registry`) on first
-    /// use. Must be called on the thread the session will run on.
+    /// use. Must be called on the thread the session will run on. A thread that meets a
+    /// second Registry (a second pod in one process) starts a shard for it.
     pub fn current(registry: &Addr<Registry>, metrics: &Arc<Metrics>) -> usize {
-        if let Some(id) = THIS_SHARD.with(Cell::get) {
+        let known = THIS_SHARD.with(|c| {
+            c.borrow()
+                .as_ref()
+                .filter(|(r, _)| r == registry)
+                .map(|(_, id)| *id)
+        });
+        if let Some(id) = known {
             return id;
         }
         let id = NEXT_SHARD.fetch_add(1, Ordering::Relaxed);
         let shard = Shard {
+            id,
             metrics: metrics.clone(),
             touched: Vec::new(),
             writing: None,
@@ -66,7 +75,7 @@ impl Shard {
             id,
             shard: shard.recipient(),
         });
-        THIS_SHARD.with(|c| c.set(Some(id)));
+        THIS_SHARD.with(|c| *c.borrow_mut() = Some((registry.clone(), id)));
         tracing::debug!(shard = id, "shard started on this thread");
         id
     }
@@ -104,7 +113,7 @@ impl Handler<ShardDeliver> for Shard {
     fn handle(&mut self, msg: ShardDeliver, ctx: &mut Context<Self>) {
         let pass_running = self.writing.is_some() || !self.touched.is_empty();
         let mut tally = Tally::default();
-        with_local(|sessions| match &msg.to {
+        with_local(self.id, |sessions| match &msg.to {
             Recipients::All => {
                 for io in sessions.values() {
                     self.offer(io, &msg, &mut tally);

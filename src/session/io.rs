@@ -148,30 +148,42 @@ impl SessionIo {
 }
 
 thread_local! {
-    /// The sessions of this thread's shard.
-    static LOCAL: RefCell<HashMap<SessionId, SharedIo>> = RefCell::new(HashMap::new());
+    /// The sessions of this thread's shards, by shard. One pod has one shard per thread;
+    /// a process running several pods on one thread (benches, tests) has one per pod.
+    static LOCAL: RefCell<HashMap<usize, HashMap<SessionId, SharedIo>>> =
+        RefCell::new(HashMap::new());
 }
 
-/// A session's place in its thread's table; leaving the table when dropped, so a session
+/// A session's place in its shard's table; leaving the table when dropped, so a session
 /// whose handshake failed after the Registry admitted it leaves no trace.
-pub struct LocalEntry(SessionId);
+pub struct LocalEntry {
+    shard: usize,
+    id: SessionId,
+}
 
 impl LocalEntry {
-    pub fn register(id: SessionId, io: SharedIo) -> LocalEntry {
-        LOCAL.with(|l| l.borrow_mut().insert(id, io));
-        LocalEntry(id)
+    pub fn register(shard: usize, id: SessionId, io: SharedIo) -> LocalEntry {
+        LOCAL.with(|l| l.borrow_mut().entry(shard).or_default().insert(id, io));
+        LocalEntry { shard, id }
     }
 }
 
 impl Drop for LocalEntry {
     fn drop(&mut self) {
-        LOCAL.with(|l| l.borrow_mut().remove(&self.0));
+        LOCAL.with(|l| {
+            if let Some(table) = l.borrow_mut().get_mut(&self.shard) {
+                table.remove(&self.id);
+            }
+        });
     }
 }
 
-/// Run `f` over this thread's sessions.
-pub fn with_local<R>(f: impl FnOnce(&HashMap<SessionId, SharedIo>) -> R) -> R {
-    LOCAL.with(|l| f(&l.borrow()))
+/// Run `f` over the sessions of `shard` (which must be one of this thread's).
+pub fn with_local<R>(shard: usize, f: impl FnOnce(&HashMap<SessionId, SharedIo>) -> R) -> R {
+    LOCAL.with(|l| match l.borrow().get(&shard) {
+        Some(table) => f(table),
+        None => f(&HashMap::new()),
+    })
 }
 
 /// Writes the session's queue whenever it is not empty and the shard could not: its own

@@ -470,7 +470,7 @@ pub async fn reserve(
         shared.limits.outbound_queue_bytes,
         handle.clone(),
     )));
-    let local = LocalEntry::register(id, io.clone());
+    let local = LocalEntry::register(shard, id, io.clone());
     let attach = Attach {
         id,
         identity: identity.clone(),
