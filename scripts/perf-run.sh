@@ -440,36 +440,46 @@ wait_port() {
 
 stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
-# peer_run SYSTEM NAME LOADER-ARGS...: one loader run against fresh servers of SYSTEM
-# (herald: a pod in NATS mode on a fresh release nats-server; nats-ws: the peer), its JSON
-# line saved as $WORK/peer-SYSTEM-NAME.json and appended to $OUT with "system".
-peer_run() {
-  local system=$1 name=$2; shift 2
-  local args=()
-  if [ "$system" = herald ]; then
+# start_system SYSTEM: fresh servers of SYSTEM (herald: a pod in NATS mode on a fresh
+# release nats-server; nats-ws: the peer); sets SYSTEM_ARGS, the loader's arguments for them.
+start_system() {
+  if [ "$1" = herald ]; then
     start_bus_nats
     local BUS=(--nats-url "$BUS_NATS")
     start_pods 1
-    args=("${HUBS[@]}" --nats-url "$BUS_NATS" --jwt-secret "$SECRET" --herald-pid "${POD_PIDS[0]}"
-      --nats-pid "$BUS_NATS_PID")
+    SYSTEM_ARGS=("${HUBS[@]}" --nats-url "$BUS_NATS" --jwt-secret "$SECRET"
+      --herald-pid "${POD_PIDS[0]}" --nats-pid "$BUS_NATS_PID")
   else
     start_peer_nats
-    args=(--proto nats-ws --hub "$PEER_WS" --nats-url "$PEER_NATS" --server-pid "$PEER_PID")
+    SYSTEM_ARGS=(--proto nats-ws --hub "$PEER_WS" --nats-url "$PEER_NATS" --server-pid "$PEER_PID")
   fi
-  echo "== $system: $name"
-  wait_quiet
-  "$LOAD" "${args[@]}" --user-prefix "$name-" --timeout 120s "$@" >"$WORK/peer-run.txt" 2>&1 || true
-  sed 's/^/   /' "$WORK/peer-run.txt" | grep -v '^   {' || true
-  tail -n 1 "$WORK/peer-run.txt" | grep '^{' >"$WORK/peer-$system-$name.json" \
-    || echo '{}' >"$WORK/peer-$system-$name.json"
-  sed "s/^{/{\"system\":\"$system\",/" "$WORK/peer-$system-$name.json" >>"$OUT"
-  if [ "$system" = herald ]; then
+}
+
+# stop_system SYSTEM NAME: stops what start_system started (herald: with its log summary
+# under NAME).
+stop_system() {
+  if [ "$1" = herald ]; then
     stop_pods
-    herald_log_summary "$name"
+    herald_log_summary "$2"
     stop_pid "$BUS_NATS_PID"
   else
     stop_pid "$PEER_PID"
   fi
+}
+
+# peer_run SYSTEM NAME LOADER-ARGS...: one loader run against fresh servers of SYSTEM, its
+# JSON line saved as $WORK/peer-SYSTEM-NAME.json and appended to $OUT with "system".
+peer_run() {
+  local system=$1 name=$2; shift 2
+  start_system "$system"
+  echo "== $system: $name"
+  wait_quiet
+  "$LOAD" "${SYSTEM_ARGS[@]}" --user-prefix "$name-" --timeout 120s "$@" >"$WORK/peer-run.txt" 2>&1 || true
+  sed 's/^/   /' "$WORK/peer-run.txt" | grep -v '^   {' || true
+  tail -n 1 "$WORK/peer-run.txt" | grep '^{' >"$WORK/peer-$system-$name.json" \
+    || echo '{}' >"$WORK/peer-$system-$name.json"
+  sed "s/^{/{\"system\":\"$system\",/" "$WORK/peer-$system-$name.json" >>"$OUT"
+  stop_system "$system" "$name"
 }
 
 peer() {
@@ -596,28 +606,16 @@ PY
 
 soak() {
   ulimit -n "$(ulimit -Hn)"
-  local proto=${SOAK_PROTO:-herald} args=()
-  if [ "$proto" = herald ]; then
-    start_bus_nats
-    local BUS=(--nats-url "$BUS_NATS")
-    start_pods 1
-    args=("${HUBS[@]}" --nats-url "$BUS_NATS" --jwt-secret "$SECRET" --herald-pid "${POD_PIDS[0]}"
-      --nats-pid "$BUS_NATS_PID")
-  else
-    start_peer_nats
-    args=(--proto nats-ws --hub "$PEER_WS" --nats-url "$PEER_NATS" --server-pid "$PEER_PID")
-  fi
+  local proto=${SOAK_PROTO:-herald}
+  start_system "$proto"
   echo "== soak ($proto): ${SOAK_CONNS:-19000} connections, ${SOAK_CHURN:-10} % churn a minute, for ${SOAK_DURATION:-30m}"
-  "$LOAD" "${args[@]}" --user-prefix soak --timeout 120s \
+  "$LOAD" "${SYSTEM_ARGS[@]}" --user-prefix soak --timeout 120s \
     soak --connections "${SOAK_CONNS:-19000}" --duration "${SOAK_DURATION:-30m}" \
     --churn-percent "${SOAK_CHURN:-10}" --rate "${SOAK_RATE:-1000}" \
     --broadcast-rate "${SOAK_BROADCAST_RATE:-1}" --interval "${SOAK_INTERVAL:-60s}" \
     | tee "$WORK/soak.txt" | grep --line-buffered -v '^{' || true
   tail -n 1 "$WORK/soak.txt" | grep '^{' | sed "s/^{/{\"system\":\"$proto\",/" >>"$OUT" || true
-  if [ "$proto" = herald ]; then
-    herald_log_summary soak
-    stop_pods
-  fi
+  stop_system "$proto" soak
 }
 
 # js_messages: messages the JetStream server holds, all streams (0 when unknown).
