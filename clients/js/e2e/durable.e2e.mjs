@@ -16,6 +16,7 @@ import path from 'node:path';
 import {
   ROOT, ARTIFACTS, HERALD_BIN, stepper, freePort, launchChromium, spawnLogged, stopProcess,
   waitFor200, waitForNats, natsServerBin, publish, until, logTail,
+  waitForState, orderTitles, rowOf, printedRow,
 } from './harness.mjs';
 
 const USER = 'merchant-durable';
@@ -103,7 +104,7 @@ describe('durable mode: a reopened demo page resumes from its stored cursor', { 
 
   step('order A-1 is printed and its cursor is stored', async () => {
     sent['A-1'] = await publish(base, order('A-1', 'Noodles'));
-    await printedRow(first.page, 'A-1');
+    await printedRow(first.page, 'A-1', UI_TIMEOUT);
     // Frame events reach the test over their own path; give them a moment to catch up.
     const frame = await until(() => messageFrames(first.sockets[0]).find((m) => m.data?.id === 'A-1'),
       UI_TIMEOUT, 'the A-1 message frame was not seen on the WebSocket');
@@ -132,7 +133,7 @@ describe('durable mode: a reopened demo page resumes from its stored cursor', { 
   step('a new page in the same context resumes: A-2, A-3, A-4 printed once each, in order', async () => {
     second = await openDemo();
     const ws = second.sockets[0];
-    for (const id of ['A-2', 'A-3', 'A-4']) await printedRow(second.page, id);
+    for (const id of ['A-2', 'A-3', 'A-4']) await printedRow(second.page, id, UI_TIMEOUT);
     await delay(SETTLE_MS); // a duplicate or a stray A-1 would arrive by now
 
     const a1Cursor = messageFrames(first.sockets[0]).find((m) => m.data?.id === 'A-1').cursor;
@@ -158,7 +159,7 @@ describe('durable mode: a reopened demo page resumes from its stored cursor', { 
 
   step('a live order after the replay is printed once, after the replayed ones', async () => {
     sent['A-5'] = await publish(base, order('A-5', 'Edamame'));
-    await printedRow(second.page, 'A-5');
+    await printedRow(second.page, 'A-5', UI_TIMEOUT);
     await delay(SETTLE_MS);
     const ws = second.sockets[0];
     assert.deepEqual(messageFrames(ws).map((m) => m.data?.id), ['A-2', 'A-3', 'A-4', 'A-5']);
@@ -225,26 +226,6 @@ const printedAcks = (ws) => ws.sent.filter((f) => f.type === 'publish' && f.even
 
 const storedCursor = (page) => page.evaluate((key) => localStorage.getItem(key), CURSOR_KEY);
 
-const orderTitles = (page) => page.locator('[data-testid="order"] .order-id').allTextContents();
-
-/** The order row whose title is exactly #<orderId>. */
-function rowOf(page, orderId, printed) {
-  const sel = printed ? '[data-testid="order"][data-printed="true"]' : '[data-testid="order"]';
-  return page.locator(sel).filter({ has: page.locator('.order-id', { hasText: new RegExp(`^#${orderId}$`) }) });
-}
-
-/** Waits until the order is shown and acknowledged ("printed"): the demo's ack was sent. */
-async function printedRow(page, orderId) {
-  try {
-    await rowOf(page, orderId, true).waitFor({ timeout: UI_TIMEOUT });
-  } catch (err) {
-    const logLines = await page.locator('[data-testid="log"]').innerText().catch(() => '?');
-    throw new Error(`order ${orderId} was not printed within ${UI_TIMEOUT} ms; shown: ` +
-      `${JSON.stringify(await orderTitles(page).catch(() => '?'))}; page log:\n${logLines}`, { cause: err });
-  }
-  assert.equal(await rowOf(page, orderId).count(), 1, `one row for ${orderId}`);
-}
-
 async function presence() {
   const res = await fetch(`${base}/api/v1/presence/${USER}`, { signal: AbortSignal.timeout(5000) });
   const text = await res.text();
@@ -252,13 +233,3 @@ async function presence() {
   return JSON.parse(text);
 }
 
-async function waitForState(page, state, timeout) {
-  const stateText = () => page.locator('[data-testid="state"]').textContent();
-  try {
-    await page.waitForFunction((s) => document.querySelector('[data-testid="state"]')?.textContent === s,
-      state, { timeout });
-  } catch (err) {
-    const logLines = await page.locator('[data-testid="log"]').innerText().catch(() => '?');
-    throw new Error(`state is "${await stateText()}", not "${state}", after ${timeout} ms; page log:\n${logLines}`, { cause: err });
-  }
-}

@@ -176,3 +176,44 @@ function natsInfo(port) {
     });
   });
 }
+
+// The demo console's page, as the browser tests read it.
+
+/** The connection state the page shows. */
+export const stateText = (page) => page.locator('[data-testid="state"]').textContent();
+
+/** Waits until the page shows `state`; on timeout, says what it shows and its log. */
+export async function waitForState(page, state, timeout) {
+  try {
+    await page.waitForFunction((s) => document.querySelector('[data-testid="state"]')?.textContent === s,
+      state, { timeout });
+  } catch (err) {
+    const logLines = await page.locator('[data-testid="log"]').innerText().catch(() => '?');
+    throw new Error(`state is "${await stateText(page)}", not "${state}", after ${timeout} ms; page log:\n${logLines}`, { cause: err });
+  }
+}
+
+/** The titles of the order rows shown, in order. */
+export const orderTitles = (page) => page.locator('[data-testid="order"] .order-id').allTextContents();
+
+/** The order row whose title is exactly #<orderId> (printed ones only when `printed`). */
+export function rowOf(page, orderId, printed) {
+  const sel = printed ? '[data-testid="order"][data-printed="true"]' : '[data-testid="order"]';
+  return page.locator(sel).filter({ has: page.locator('.order-id', { hasText: new RegExp(`^#${orderId}$`) }) });
+}
+
+/**
+ * Waits (at most `timeout` ms) until the order is shown and acknowledged ("printed": the
+ * demo's ack was sent); asserts there is exactly one row of it, and returns that row.
+ */
+export async function printedRow(page, orderId, timeout) {
+  try {
+    await rowOf(page, orderId, true).waitFor({ timeout });
+  } catch (err) {
+    const logLines = await page.locator('[data-testid="log"]').innerText().catch(() => '?');
+    throw new Error(`order ${orderId} was not printed within ${timeout} ms; shown: ` +
+      `${JSON.stringify(await orderTitles(page).catch(() => '?'))}; page log:\n${logLines}`, { cause: err });
+  }
+  assert.equal(await rowOf(page, orderId).count(), 1, `one row for ${orderId}`);
+  return rowOf(page, orderId, true);
+}

@@ -23,6 +23,7 @@ import path from 'node:path';
 import {
   ROOT, ARTIFACTS, HERALD_BIN, stepper, freePort, launchChromium, spawnLogged, stopProcess,
   waitFor200, waitForNats, natsServerBin, publish, until,
+  stateText, waitForState, orderTitles, printedRow,
 } from './harness.mjs';
 
 const NATS_TIMEOUT = 15_000;      // nats-server start to its INFO greeting
@@ -97,39 +98,6 @@ const allMessages = (list) => list.flatMap(messages);
 /** Order ids the page acknowledged ("printed", POSTed), in order. */
 const printedAcks = (w) => w.posts.filter((p) => p.body?.type === 'publish' && p.body.event === 'printed')
   .map((p) => p.body.data?.id);
-
-const stateText = (page) => page.locator('[data-testid="state"]').textContent();
-
-async function waitForState(page, state, timeout) {
-  try {
-    await page.waitForFunction((s) => document.querySelector('[data-testid="state"]')?.textContent === s,
-      state, { timeout });
-  } catch (err) {
-    const logLines = await page.locator('[data-testid="log"]').innerText().catch(() => '?');
-    throw new Error(`state is "${await stateText(page)}", not "${state}", after ${timeout} ms; page log:\n${logLines}`, { cause: err });
-  }
-}
-
-const orderTitles = (page) => page.locator('[data-testid="order"] .order-id').allTextContents();
-
-/** The order row whose title is exactly #<orderId> (printed ones only when `printed`). */
-function rowOf(page, orderId, printed) {
-  const sel = printed ? '[data-testid="order"][data-printed="true"]' : '[data-testid="order"]';
-  return page.locator(sel).filter({ has: page.locator('.order-id', { hasText: new RegExp(`^#${orderId}$`) }) });
-}
-
-/** Waits until the order is shown and acknowledged ("printed"); exactly one row of it. */
-async function printedRow(page, orderId) {
-  try {
-    await rowOf(page, orderId, true).waitFor({ timeout: UI_TIMEOUT });
-  } catch (err) {
-    const logLines = await page.locator('[data-testid="log"]').innerText().catch(() => '?');
-    throw new Error(`order ${orderId} was not printed within ${UI_TIMEOUT} ms; shown: ` +
-      `${JSON.stringify(await orderTitles(page).catch(() => '?'))}; page log:\n${logLines}`, { cause: err });
-  }
-  assert.equal(await rowOf(page, orderId).count(), 1, `one row for ${orderId}`);
-  return rowOf(page, orderId, true);
-}
 
 /** Waits for a welcome on the page's latest stream (state "open" comes with it). */
 async function welcomed(page, count = 1) {
@@ -209,7 +177,7 @@ describe('SSE fallback: the demo without WebSocket against a standalone herald',
 
   step('a published order appears, is printed, and its ack is POSTed to the session', async () => {
     const reply = await publish(base, order(USER, 'A-1001', 'Noodles'));
-    const row = await printedRow(page, 'A-1001');
+    const row = await printedRow(page, 'A-1001', UI_TIMEOUT);
     assert.equal(await row.getAttribute('data-id'), reply.id, 'row carries the message id from the 202 reply');
     const { welcome, stream } = await welcomed(page);
     const frame = messages(stream).find((m) => m.data?.id === 'A-1001');
@@ -248,7 +216,7 @@ describe('SSE fallback: the demo without WebSocket against a standalone herald',
 
   step('the next order after the restart appears and is printed', async () => {
     await publish(base, order(USER, 'A-1002', 'Dumplings'));
-    await printedRow(page, 'A-1002');
+    await printedRow(page, 'A-1002', UI_TIMEOUT);
     assert.equal(await page.locator('[data-testid="order"]').count(), 2);
     await page.screenshot({ path: path.join(ARTIFACTS, 'sse.png'), fullPage: true, timeout: UI_TIMEOUT });
     assert.deepEqual(pageErrors, [], 'no uncaught errors in the page');
@@ -337,7 +305,7 @@ describe('SSE fallback, durable: orders sent while the stream was down are print
 
   step('order A-1 is printed; its cursor is the event id, and is stored', async () => {
     sent['A-1'] = await publish(base, order(USER, 'A-1', 'Noodles'));
-    await printedRow(page, 'A-1');
+    await printedRow(page, 'A-1', UI_TIMEOUT);
     const { stream } = await welcomed(page);
     const event = stream.events.find((e) => e.type === 'message' && e.frame.data?.id === 'A-1');
     assert.ok(event, 'the A-1 message event was seen on the stream');
@@ -380,7 +348,7 @@ describe('SSE fallback, durable: orders sent while the stream was down are print
     }, UI_TIMEOUT, 'no welcomed stream after the block was lifted');
     const resumed = list.at(-1);
     assert.equal(resumed.since, a1Cursor, `resumes after A-1: ${resumed.url}`);
-    for (const id of ['A-2', 'A-3', 'A-4']) await printedRow(page, id);
+    for (const id of ['A-2', 'A-3', 'A-4']) await printedRow(page, id, UI_TIMEOUT);
     await delay(SETTLE_MS); // a duplicate or a stray A-1 would arrive by now
 
     const latest = await streams(page);
@@ -404,7 +372,7 @@ describe('SSE fallback, durable: orders sent while the stream was down are print
 
   step('a live order after the replay is printed once', async () => {
     sent['A-5'] = await publish(base, order(USER, 'A-5', 'Edamame'));
-    await printedRow(page, 'A-5');
+    await printedRow(page, 'A-5', UI_TIMEOUT);
     await delay(SETTLE_MS);
     assert.deepEqual(allMessages(await streams(page)).map((m) => m.data?.id), ['A-1', 'A-2', 'A-3', 'A-4', 'A-5']);
     assert.deepEqual(await orderTitles(page), ['#A-5', '#A-4', '#A-3', '#A-2', '#A-1']);
