@@ -140,7 +140,7 @@ async fn publish_async(args: PublishArgs) -> Result<(String, Option<String>), St
         ));
     }
     if args.durable && subjects.user_of(&msg.subject).is_some() {
-        let cursor = crate::durable::publish_once(
+        let cursor = crate::store::jetstream::publish_once(
             bus.client(),
             &subjects,
             msg.subject,

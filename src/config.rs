@@ -40,6 +40,28 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 25s, 2m)"))
 }
 
+/// A size in bytes: a number with an optional unit (`64MiB`, `512KiB`, `1GiB`, `100MB`).
+fn byte_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 64MiB, 512KiB, 1GiB, 0)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (B, KiB, MiB, GiB, KB, MB, GB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
 /// A secret setting (JWT secret, API key): its `Debug` prints `[redacted]`, so no derived
 /// `Debug` of the arguments or the configuration shows it, and it has no `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -162,9 +184,18 @@ pub struct ServeArgs {
     /// On SIGTERM: readiness 503, sessions closed with 1012 spread over this window.
     #[arg(long, env = "HERALD_DRAIN_TIMEOUT", default_value = "20s", value_parser = duration)]
     pub drain_timeout: Duration,
-    /// Keep user messages in JetStream for recovery (requires NATS).
+    /// Keep user messages durably for recovery: in JetStream with NATS, on disk in
+    /// --data-dir standalone.
     #[arg(long, env = "HERALD_DURABLE", default_value_t = false)]
     pub durable: bool,
+    /// Standalone --durable: the directory of the embedded store [herald-data, created when
+    /// missing; a directory given here must exist].
+    #[arg(long, env = "HERALD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Standalone without --durable: bytes of recent user messages kept in memory for
+    /// recovery (0 keeps none).
+    #[arg(long, env = "HERALD_HISTORY_MEMORY", default_value = "64MiB", value_parser = byte_size)]
+    pub history_memory: u64,
     /// How long durable messages are kept.
     #[arg(long, env = "HERALD_RETENTION", default_value = "24h", value_parser = duration)]
     pub retention: Duration,
@@ -299,6 +330,29 @@ pub struct DurableConfig {
     pub replicas: usize,
 }
 
+/// Where kept messages live (PROTOCOL §5), when anywhere.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// NATS mode with `--durable`.
+    JetStream(DurableConfig),
+    /// Standalone with `--durable`: `create` when the directory is the default one.
+    Disk {
+        dir: PathBuf,
+        create: bool,
+        retention: Duration,
+        max_replay: u64,
+    },
+    /// Standalone without `--durable`.
+    Memory {
+        bytes: usize,
+        retention: Duration,
+        max_replay: u64,
+    },
+}
+
+/// The data directory when `--data-dir` is not given.
+pub const DEFAULT_DATA_DIR: &str = "herald-data";
+
 /// Validated configuration of `herald serve`. Its `Debug` leaves the API key out (the JWT
 /// key's `Debug` never shows key material).
 #[derive(Clone)]
@@ -314,8 +368,8 @@ pub struct Config {
     pub session: SessionLimits,
     pub registry: RegistryLimits,
     pub drain_timeout: Duration,
-    /// Durable mode (JetStream retention and recovery), when enabled.
-    pub durable: Option<DurableConfig>,
+    /// Where kept messages live, when anywhere.
+    pub store: Option<StoreConfig>,
     pub allowed_origins: crate::origin::AllowedOrigins,
     pub listen_backlog: u32,
     pub log_format: LogFormat,
@@ -340,7 +394,7 @@ impl std::fmt::Debug for Config {
             .field("session", &self.session)
             .field("registry", &self.registry)
             .field("drain_timeout", &self.drain_timeout)
-            .field("durable", &self.durable)
+            .field("store", &self.store)
             .field("allowed_origins", &self.allowed_origins)
             .field("listen_backlog", &self.listen_backlog)
             .field("log_format", &self.log_format)
@@ -437,26 +491,38 @@ impl Config {
         if args.upstream_rate == 0 {
             problems.push("--upstream-rate must be at least 1".into());
         }
-        let durable = if args.durable {
-            if nats_urls.is_empty() {
-                problems.push("--durable needs NATS with JetStream (--nats-url)".into());
+        if args.retention.is_zero() {
+            problems.push("--retention must be above zero".into());
+        }
+        if args.max_replay == 0 {
+            problems.push("--max-replay must be at least 1".into());
+        }
+        let store = match (args.durable, nats_urls.is_empty()) {
+            (true, false) => {
+                if !(1..=5).contains(&args.durable_replicas) {
+                    problems.push("--durable-replicas must be between 1 and 5".into());
+                }
+                Some(StoreConfig::JetStream(DurableConfig {
+                    retention: args.retention,
+                    max_replay: args.max_replay,
+                    replicas: args.durable_replicas,
+                }))
             }
-            if args.retention.is_zero() {
-                problems.push("--retention must be above zero".into());
-            }
-            if args.max_replay == 0 {
-                problems.push("--max-replay must be at least 1".into());
-            }
-            if !(1..=5).contains(&args.durable_replicas) {
-                problems.push("--durable-replicas must be between 1 and 5".into());
-            }
-            Some(DurableConfig {
+            (true, true) => Some(StoreConfig::Disk {
+                create: args.data_dir.is_none(),
+                dir: args
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
                 retention: args.retention,
                 max_replay: args.max_replay,
-                replicas: args.durable_replicas,
-            })
-        } else {
-            None
+            }),
+            (false, true) if args.history_memory > 0 => Some(StoreConfig::Memory {
+                bytes: usize::try_from(args.history_memory).unwrap_or(usize::MAX),
+                retention: args.retention,
+                max_replay: args.max_replay,
+            }),
+            (false, _) => None,
         };
         let allowed_origins = match crate::origin::AllowedOrigins::parse(&args.allowed_origins) {
             Ok(a) => a,
@@ -506,7 +572,7 @@ impl Config {
             allowed_origins,
             listen_backlog: args.listen_backlog,
             drain_timeout: args.drain_timeout,
-            durable,
+            store,
             log_format: args.log_format,
         })
     }

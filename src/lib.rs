@@ -13,8 +13,8 @@
 //!   all three; [`link`]: what a session shares with the Registry without a message.
 //! - [`control`]: the control plane (beacons, pod table, kicks, cluster presence, stats,
 //!   SSE client-frame forwarding).
-//! - [`bus`]: the `Bus` seam and its engines (`memory`, `nats`); [`durable`]: the JetStream
-//!   stream of durable mode, cursors, replays and history.
+//! - [`bus`]: the `Bus` seam and its engines (`memory`, `nats`); [`store`]: the store seam
+//!   for kept messages and its engines (JetStream, disk, memory), cursors and live feeds.
 //! - [`auth`]: token extraction and JWT verification; [`ids`]: validated ids;
 //!   [`percent`]: percent-decoding of query strings and NATS URL user info.
 //! - [`message`]: a published message and its frame, encoded once; [`dedup`]: recent
@@ -33,7 +33,6 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod dedup;
-pub mod durable;
 pub mod handoff;
 pub mod http;
 pub mod ids;
@@ -47,4 +46,5 @@ pub mod registry;
 pub mod server;
 pub mod session;
 pub mod shard;
+pub mod store;
 pub mod subscriber;

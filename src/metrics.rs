@@ -87,6 +87,14 @@ pub struct Metrics {
     /// Running sessions by transport (`websocket`, `sse`).
     pub sessions: Family<TransportLabels, Gauge>,
     pub sessions_opened: Family<TransportLabels, Counter>,
+    /// Embedded stores (memory, disk): messages and bytes kept, appends, evictions.
+    pub store_messages: Gauge,
+    pub store_bytes: Gauge,
+    pub store_appends: Counter,
+    pub store_append_failures: Counter,
+    pub store_evicted_retention: Counter,
+    pub store_evicted_memory: Counter,
+    pub store_commit_seconds: Histogram,
 }
 
 /// The JWKS key cache's health (`--jwt-jwks-url`).
@@ -146,6 +154,14 @@ impl Metrics {
             control_ignored: Family::default(),
             sessions: Family::default(),
             sessions_opened: Family::default(),
+            store_messages: Gauge::default(),
+            store_bytes: Gauge::default(),
+            store_appends: Counter::default(),
+            store_append_failures: Counter::default(),
+            store_evicted_retention: Counter::default(),
+            store_evicted_memory: Counter::default(),
+            // 50 µs .. ~1.6 s
+            store_commit_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             registry: Registry::default(),
         };
         registry.register(
@@ -224,6 +240,41 @@ impl Metrics {
             "registry_entries",
             "Entries in the registry's indexes (sessions, users, devices, takeover history)",
             m.registry_entries.clone(),
+        );
+        registry.register(
+            "store_messages",
+            "User messages kept for recovery by the embedded store (memory or disk)",
+            m.store_messages.clone(),
+        );
+        registry.register(
+            "store_bytes",
+            "Bytes the embedded store holds (memory engine: accounted bytes; disk: file size)",
+            m.store_bytes.clone(),
+        );
+        registry.register(
+            "store_appends",
+            "User messages kept by the embedded store",
+            m.store_appends.clone(),
+        );
+        registry.register(
+            "store_append_failures",
+            "Publishes the embedded store could not keep (answered 503)",
+            m.store_append_failures.clone(),
+        );
+        registry.register(
+            "store_evicted_retention",
+            "Kept messages dropped because they were older than --retention",
+            m.store_evicted_retention.clone(),
+        );
+        registry.register(
+            "store_evicted_memory",
+            "Kept messages dropped to stay within --history-memory (memory engine)",
+            m.store_evicted_memory.clone(),
+        );
+        registry.register(
+            "store_commit_seconds",
+            "Time of one disk store write transaction, fsync included",
+            m.store_commit_seconds.clone(),
         );
         let jwks = jwks();
         registry.register(

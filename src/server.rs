@@ -24,7 +24,9 @@ use crate::control::beacon::{beacon_loop, discover};
 use crate::control::cluster::Cluster;
 use crate::control::pods::{publish_pod_event, PodTable};
 use crate::control::ControlPlane;
-use crate::durable::{Durable, DurableError};
+use crate::config::StoreConfig;
+use crate::store::jetstream::{DurableError, JetStream};
+use crate::store::{disk::DiskLog, embedded::Embedded, memory::MemoryLog, Store};
 use crate::handoff::InFlight;
 use crate::http::{access_log, routes, AppState};
 use crate::mailbox::InterestHandle;
@@ -43,10 +45,13 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let subjects = Subjects::new(config.subject_prefix.clone());
     let pod = config.pod_name.clone();
-    let mut durable: Option<Arc<Durable>> = None;
+    let mut jetstream: Option<Arc<JetStream>> = None;
+    let mut durable: Option<Arc<dyn Store>> = None;
     let bus: Arc<dyn Bus> = if config.standalone() {
         tracing::info!("standalone mode: in-process bus, no NATS");
-        Arc::new(MemoryBus::new())
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+        durable = embedded_store(&config, &bus, &subjects, &metrics)?;
+        bus
     } else {
         let options = crate::bus::nats::NatsOptions {
             creds: config.nats_creds.clone(),
@@ -55,8 +60,8 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
         let nats = NatsBus::connect_with(&config.nats_urls, &pod, &options, metrics.clone())
             .await
             .context("connecting to NATS")?;
-        if let Some(d) = config.durable {
-            let stream = Durable::start(nats.client(), subjects.clone(), d)
+        if let Some(StoreConfig::JetStream(d)) = config.store {
+            let stream = JetStream::start(nats.client(), subjects.clone(), d)
                 .await
                 .context("durable mode")?;
             tracing::info!(
@@ -65,7 +70,9 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
                 replicas = d.replicas,
                 "durable mode: user messages are kept in JetStream"
             );
-            durable = Some(Arc::new(stream));
+            let stream = Arc::new(stream);
+            jetstream = Some(stream.clone());
+            durable = Some(stream);
         }
         Arc::new(nats)
     };
@@ -107,7 +114,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
     }));
     // Held for the life of the pod, with the control subscriptions it owns.
     let _control = ControlPlane::start(cluster.clone()).await;
-    if let Some(d) = &durable {
+    if let Some(d) = &jetstream {
         actix::spawn(watch_stream(d.clone(), bus.clone(), subscriber));
     }
 
@@ -239,6 +246,62 @@ fn http_server(
     Ok(server)
 }
 
+/// Standalone mode's store: on disk with `--durable`, else in memory (unless
+/// `--history-memory 0`).
+fn embedded_store(
+    config: &Config,
+    bus: &Arc<dyn Bus>,
+    subjects: &Subjects,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<Arc<dyn Store>>> {
+    let (log, retention, max_replay): (Arc<dyn crate::store::embedded::Log>, _, _) =
+        match &config.store {
+            Some(StoreConfig::Disk {
+                dir,
+                create,
+                retention,
+                max_replay,
+            }) => {
+                if *create && !dir.exists() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating the data directory {}", dir.display()))?;
+                }
+                let log = DiskLog::open(dir, metrics.clone())?;
+                tracing::info!(
+                    dir = %dir.display(),
+                    retention = %humantime::format_duration(*retention),
+                    "durable mode: user messages are kept on disk"
+                );
+                (Arc::new(log), *retention, *max_replay)
+            }
+            Some(StoreConfig::Memory {
+                bytes,
+                retention,
+                max_replay,
+            }) => {
+                tracing::info!(
+                    bytes,
+                    retention = %humantime::format_duration(*retention),
+                    "recent user messages are kept in memory for recovery"
+                );
+                (
+                    Arc::new(MemoryLog::new(*bytes, metrics.clone())),
+                    *retention,
+                    *max_replay,
+                )
+            }
+            _ => return Ok(None),
+        };
+    Ok(Some(Arc::new(Embedded::start(
+        log,
+        bus.clone(),
+        subjects.clone(),
+        retention,
+        max_replay,
+        metrics.clone(),
+    ))))
+}
+
 /// The listening socket, with the accept backlog applied (std's `TcpListener::bind` always
 /// asks for 128, which a reconnect storm overflows: dropped SYNs wait seconds for their
 /// retransmit). The kernel caps the backlog at `net.core.somaxconn`.
@@ -290,7 +353,7 @@ const STREAM_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// Durable mode: re-read the stream after a reconnect (republished messages sent while
 /// disconnected were missed), and re-create it if it was deleted (a new epoch: every feed
 /// starts over from the new stream).
-async fn watch_stream(durable: Arc<Durable>, bus: Arc<dyn Bus>, subscriber: Addr<Subscriber>) {
+async fn watch_stream(durable: Arc<JetStream>, bus: Arc<dyn Bus>, subscriber: Addr<Subscriber>) {
     let mut generation = bus.connection_generation();
     let mut tick = tokio::time::interval(STREAM_CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -19,8 +19,8 @@ use std::task::Waker;
 use tokio::sync::oneshot;
 
 use crate::bus::{Bus, BusMessage, Subscription};
-use crate::durable::feed::{Feed, LiveMsg, Output as FeedOutput};
-use crate::durable::{Audience, Durable};
+use crate::store::feed::{Feed, LiveMsg, Output as FeedOutput};
+use crate::store::{Audience, Store};
 use crate::handoff::InFlight;
 use crate::ids::{DeviceId, UserId};
 use crate::mailbox::{AwaitInterest, Interest};
@@ -67,7 +67,7 @@ pub struct Subscriber {
     /// Deliveries waiting in the Registry's mailbox (bounded).
     deliveries: Arc<InFlight>,
     /// Durable mode: the stream, and each interesting user's live feed by live subject.
-    durable: Option<Arc<Durable>>,
+    durable: Option<Arc<dyn Store>>,
     feeds: HashMap<String, Feed<Option<Delivery>>>,
     baseline_waiters: HashMap<String, Vec<Waiter>>,
 }
@@ -86,7 +86,7 @@ impl Subscriber {
         bus: Arc<dyn Bus>,
         subjects: Subjects,
         deliveries: Arc<InFlight>,
-        durable: Option<Arc<Durable>>,
+        durable: Option<Arc<dyn Store>>,
     ) -> Self {
         Subscriber {
             bus,
@@ -221,7 +221,7 @@ impl Subscriber {
     }
 
     /// The stream and the user of a durable live subject (None outside durable mode).
-    fn live_feed_of(&self, subject: &str) -> Option<(Arc<Durable>, UserId)> {
+    fn live_feed_of(&self, subject: &str) -> Option<(Arc<dyn Store>, UserId)> {
         let user = self.subjects.live_user_of(subject)?;
         Some((self.durable.clone()?, UserId::parse(user).ok()?))
     }
@@ -292,7 +292,7 @@ impl Subscriber {
                     let more = read.more;
                     all.extend(read.messages);
                     if !more {
-                        return Ok::<_, crate::durable::DurableError>((user, all));
+                        return Ok::<_, crate::store::StoreError>((user, all));
                     }
                 }
             }

@@ -12,7 +12,7 @@ use herald_proto::ServerFrame;
 
 use super::AppState;
 use crate::auth::{authenticate, extract_token, query_param, Identity};
-use crate::durable::{Audience, Durable};
+use crate::store::{Audience, Store};
 use crate::ids::{DeviceId, SessionId, UserId};
 use crate::message::Frame;
 use crate::registry::Detach;
@@ -115,7 +115,7 @@ pub async fn admit(state: &AppState, req: Request<'_>) -> Result<Admitted, Refus
     }
     let replay = match (&since, &state.durable) {
         (Some(since), Some(durable)) => match reserved.live_after {
-            Some(live_after) => recover(durable, &identity, since, live_after).await,
+            Some(live_after) => recover(durable.as_ref(), &identity, since, live_after).await,
             None => None,
         },
         // Without durable mode nothing is kept, so a resume request never recovers.
@@ -146,7 +146,7 @@ pub async fn admit(state: &AppState, req: Request<'_>) -> Result<Admitted, Refus
 /// rest comes live), or None when that cannot be done whole: a cursor that cannot be
 /// continued, more than `--max-replay` messages, or the stream unreachable. Never a part.
 async fn recover(
-    durable: &Durable,
+    durable: &dyn Store,
     identity: &Identity,
     since: &str,
     live_after: u64,

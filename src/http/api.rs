@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 
 use super::AppState;
 use crate::bus::Outbound;
-use crate::durable::Audience;
+use crate::store::Audience;
 use crate::ids::{DeviceId, UserId};
 use crate::message::new_message_id;
 
@@ -142,10 +142,7 @@ pub async fn publish(req: HttpRequest, body: Bytes, state: web::Data<AppState>) 
         if state.cluster.subjects.user_of(&msg.subject).is_some() {
             // Stored first (the stream republishes it to the pods), so the answer can
             // carry the cursor; a message the stream did not take is not delivered.
-            return match durable
-                .publish(msg.subject, &msg.headers, msg.payload)
-                .await
-            {
+            return match durable.publish(msg).await {
                 Ok(seq) => HttpResponse::Accepted()
                     .json(serde_json::json!({ "id": id, "cursor": durable.cursor(seq) })),
                 Err(e) => unavailable(e),

@@ -39,7 +39,7 @@ pub struct AppState {
     /// standalone mode): readiness waits for it.
     pub discovered: Arc<AtomicBool>,
     /// Durable mode's stream, when enabled.
-    pub durable: Option<Arc<crate::durable::Durable>>,
+    pub durable: Option<Arc<dyn crate::store::Store>>,
     /// Origins allowed besides same-origin.
     pub allowed_origins: crate::origin::AllowedOrigins,
 }

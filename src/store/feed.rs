@@ -53,6 +53,9 @@ pub struct Feed<T> {
     state: State,
     baseline: u64,
     last: u64,
+    /// The bound of the fill in flight: once it is in, whatever it did not find up to
+    /// there is gone from the store (retention), and waiting for it would never end.
+    filling_upto: Option<u64>,
     held: VecDeque<LiveMsg<T>>,
 }
 
@@ -62,6 +65,7 @@ impl<T> Default for Feed<T> {
             state: State::Establishing,
             baseline: 0,
             last: 0,
+            filling_upto: None,
             held: VecDeque::new(),
         }
     }
@@ -115,6 +119,9 @@ impl<T> Feed<T> {
                 out.deliver.push((seq, item));
             }
         }
+        if let Some(upto) = self.filling_upto.take() {
+            self.last = self.last.max(upto);
+        }
         self.state = State::Live;
         let more = self.drain();
         out.deliver.extend(more.deliver);
@@ -133,6 +140,7 @@ impl<T> Feed<T> {
             return Output::default();
         }
         self.state = State::Filling;
+        self.filling_upto = None;
         Output {
             deliver: Vec::new(),
             fill: Some((self.last, None)),
@@ -161,6 +169,7 @@ impl<T> Feed<T> {
             }
             if front.prev > self.last {
                 self.state = State::Filling;
+                self.filling_upto = Some(front.seq - 1);
                 out.fill = Some((self.last, Some(front.seq - 1)));
                 return out;
             }
@@ -218,6 +227,18 @@ mod tests {
             f.live(m(11, 9)).deliver.is_empty(),
             "a duplicate is dropped"
         );
+    }
+
+    #[test]
+    fn a_predecessor_dropped_before_the_fill_is_not_waited_for() {
+        let mut f = Feed::default();
+        f.established(2);
+        let out = f.live(m(9, 6));
+        assert_eq!(out.fill, Some((2, Some(8))));
+        // 6 expired before the fill read it: 9 goes on anyway, and no second fill starts.
+        let out = f.filled(vec![]);
+        assert_eq!(seqs(&out), vec![9]);
+        assert_eq!(out.fill, None);
     }
 
     #[test]

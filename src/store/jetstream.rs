@@ -1,5 +1,6 @@
-//! Durable mode: the JetStream stream that keeps every user message, and what herald reads
-//! from it (replays, gap fills, history) and writes to it (HTTP publishes).
+//! The JetStream engine of the store seam (NATS mode with `--durable`): the stream that
+//! keeps every user message, read for replays, gap fills and history, written by HTTP
+//! publishes.
 //!
 //! The stream captures `<prefix>.user.>` for `--retention`, de-duplicates by `Nats-Msg-Id`,
 //! and republishes each stored message on `<prefix>.live.user.<id>` with its sequence and
@@ -11,23 +12,18 @@
 //! Reads use `STREAM.MSG.GET` with `next_by_subj` (one request per message, no consumer
 //! state on the server), which both NATS versions herald is tested with answer.
 
-pub mod cursor;
-pub mod feed;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
-use herald_proto::frame::Source;
 use herald_proto::{Subjects, HEADER_DEVICE, HEADER_EVENT, HEADER_MSG_ID};
 use thiserror::Error;
 
-pub use cursor::Cursor;
-
 use crate::config::DurableConfig;
-use crate::ids::{DeviceId, UserId};
-use crate::message::{encode_frame, Frame};
+use crate::ids::UserId;
+use crate::bus::Outbound;
+use super::{Audience, Bounds, Cursor, Read, Store, StoreError};
 
 /// JetStream de-duplicates a `Nats-Msg-Id` seen within this window.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -46,46 +42,7 @@ pub enum DurableError {
     NoStream(String),
 }
 
-/// Why a cursor cannot be continued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-pub enum CursorRefusal {
-    #[error("not a cursor")]
-    Garbage,
-    #[error("the cursor comes from another stream (it was re-created since)")]
-    ForeignEpoch,
-    #[error("messages after the cursor were already dropped (retention)")]
-    Expired,
-    #[error("the cursor is ahead of the stream")]
-    Ahead,
-}
-
-/// Whose messages a read returns.
-#[derive(Debug, Clone, Copy)]
-pub enum Audience<'a> {
-    /// Every message of the user (gap fills, history without `device=`).
-    All,
-    /// What a session opened with this device (or none) is sent: messages without
-    /// `Herald-Device`, and those for its own device.
-    Session(Option<&'a DeviceId>),
-}
-
-/// A kept message, encoded as the frame a session is sent.
-#[derive(Debug, Clone)]
-pub struct Stored {
-    pub seq: u64,
-    pub frame: Frame,
-    pub device: Option<String>,
-}
-
-/// What one read found.
-#[derive(Debug, Default)]
-pub struct Read {
-    pub messages: Vec<Stored>,
-    /// More matching messages follow the last one returned (within the read's bound).
-    pub more: bool,
-}
-
-pub struct Durable {
+pub struct JetStream {
     js: jetstream::Context,
     stream: String,
     subjects: Subjects,
@@ -104,17 +61,17 @@ pub fn stream_name(prefix: &str) -> String {
         .collect()
 }
 
-impl Durable {
+impl JetStream {
     /// Make sure the stream exists with this configuration (created or updated, safe when
     /// several pods start at once) and learn its epoch.
     pub async fn start(
         client: async_nats::Client,
         subjects: Subjects,
         config: DurableConfig,
-    ) -> Result<Durable, DurableError> {
+    ) -> Result<JetStream, DurableError> {
         let mut js = jetstream::new(client);
         js.set_timeout(API_TIMEOUT);
-        let durable = Durable {
+        let durable = JetStream {
             js,
             stream: stream_name(subjects.prefix()),
             subjects,
@@ -129,20 +86,8 @@ impl Durable {
         &self.stream
     }
 
-    pub fn max_replay(&self) -> u64 {
-        self.config.max_replay
-    }
-
-    pub fn epoch(&self) -> u64 {
+    fn known_epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
-    }
-
-    pub fn cursor(&self, seq: u64) -> String {
-        Cursor {
-            epoch: self.epoch(),
-            seq,
-        }
-        .to_string()
     }
 
     fn wanted(&self) -> stream::Config {
@@ -230,9 +175,32 @@ impl Durable {
         let info = s.info().await.map_err(request)?;
         Ok((epoch_of(info), info.state.clone()))
     }
+}
 
-    /// The sequence of the user's newest kept message (0 when there is none).
-    pub async fn last_seq(&self, user: &UserId) -> Result<u64, DurableError> {
+#[async_trait::async_trait]
+impl Store for JetStream {
+    fn engine(&self) -> &'static str {
+        "jetstream"
+    }
+
+    fn epoch(&self) -> u64 {
+        self.known_epoch()
+    }
+
+    fn max_replay(&self) -> u64 {
+        self.config.max_replay
+    }
+
+    async fn bounds(&self) -> Result<Bounds, StoreError> {
+        let (epoch, state) = self.state().await.map_err(StoreError::from)?;
+        Ok(Bounds {
+            epoch,
+            first: state.first_sequence,
+            last: state.last_sequence,
+        })
+    }
+
+    async fn last_seq(&self, user: &UserId) -> Result<u64, StoreError> {
         let s = self
             .js
             .get_stream_no_info(&self.stream)
@@ -244,57 +212,25 @@ impl Durable {
         {
             Ok(m) => Ok(m.sequence),
             Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => Ok(0),
-            Err(e) => Err(request(e)),
+            Err(e) => Err(request(e).into()),
         }
     }
 
-    /// Check that `cursor` can be continued: this stream's epoch, and nothing after it
-    /// dropped yet. Returns the sequence to read after.
-    pub async fn resume_point(
-        &self,
-        cursor: &str,
-    ) -> Result<Result<u64, CursorRefusal>, DurableError> {
-        let Some(c) = Cursor::parse(cursor) else {
-            return Ok(Err(CursorRefusal::Garbage));
-        };
-        // Checked against the stream as it is now, not the epoch this pod last saw: a
-        // stream re-created a moment ago must not take an old cursor.
-        let (epoch, state) = self.state().await?;
-        if c.epoch != epoch || c.epoch != self.epoch() {
-            return Ok(Err(CursorRefusal::ForeignEpoch));
-        }
-        if c.seq > state.last_sequence {
-            return Ok(Err(CursorRefusal::Ahead));
-        }
-        // Limits retention drops the oldest first: if the message right after the cursor
-        // is gone, something this user should get may be gone too.
-        if state.first_sequence > c.seq.saturating_add(1) {
-            return Ok(Err(CursorRefusal::Expired));
-        }
-        Ok(Ok(c.seq))
-    }
-
-    /// The oldest kept sequence minus one: where a read "from the beginning" starts.
-    pub async fn before_oldest(&self) -> Result<u64, DurableError> {
-        Ok(self.state().await?.1.first_sequence.saturating_sub(1))
-    }
-
-    /// The user's kept messages after `after` (up to `upto` when given) for `audience`,
-    /// at most `limit`; `more` says whether another follows.
-    pub async fn read(
+    async fn read(
         &self,
         user: &UserId,
         after: u64,
         upto: Option<u64>,
         audience: Audience<'_>,
         limit: usize,
-    ) -> Result<Read, DurableError> {
+    ) -> Result<Read, StoreError> {
         let s = self
             .js
             .get_stream_no_info(&self.stream)
             .await
             .map_err(request)?;
         let subject = self.subjects.user(user.as_str());
+        let epoch = self.known_epoch();
         let mut read = Read::default();
         let mut next = after.saturating_add(1);
         loop {
@@ -312,7 +248,7 @@ impl Durable {
                 Err(e) if matches!(e.kind(), stream::RawMessageErrorKind::NoMessageFound) => {
                     return Ok(read)
                 }
-                Err(e) => return Err(request(e)),
+                Err(e) => return Err(request(e).into()),
             };
             if upto.is_some_and(|u| m.sequence > u) {
                 return Ok(read);
@@ -320,19 +256,15 @@ impl Durable {
             next = m.sequence.saturating_add(1);
             let header = |name: &str| m.headers.get(name).map(|v| v.as_str().to_string());
             let msg_device = header(HEADER_DEVICE);
-            let for_session = match (&msg_device, audience) {
-                (_, Audience::All) | (None, _) => true,
-                (Some(d), Audience::Session(Some(mine))) => d == mine.as_str(),
-                (Some(_), Audience::Session(None)) => false,
-            };
-            if !for_session {
+            if !audience.admits(msg_device.as_deref()) {
                 continue;
             }
             if read.messages.len() >= limit {
                 read.more = true;
                 return Ok(read);
             }
-            read.messages.push(self.stored(
+            read.messages.push(super::stored_frame(
+                epoch,
                 m.sequence,
                 header(HEADER_MSG_ID).as_deref(),
                 header(HEADER_EVENT).as_deref(),
@@ -342,32 +274,14 @@ impl Durable {
         }
     }
 
-    /// The frame of a kept message, the same whether it is sent live, replayed or listed.
-    pub fn stored(
-        &self,
-        seq: u64,
-        msg_id: Option<&str>,
-        event: Option<&str>,
-        device: Option<String>,
-        payload: &[u8],
-    ) -> Stored {
-        let cursor = self.cursor(seq);
-        let id = msg_id.filter(|i| !i.is_empty()).unwrap_or(&cursor);
-        Stored {
-            seq,
-            frame: encode_frame(id, &cursor, Source::User, None, event, payload),
-            device,
-        }
+    async fn publish(&self, msg: Outbound) -> Result<u64, StoreError> {
+        Ok(js_publish(&self.js, msg.subject, &msg.headers, msg.payload).await?)
     }
+}
 
-    /// Publish a user message through JetStream and return its sequence once stored.
-    pub async fn publish(
-        &self,
-        subject: String,
-        headers: &[(String, String)],
-        payload: Bytes,
-    ) -> Result<u64, DurableError> {
-        js_publish(&self.js, subject, headers, payload).await
+impl From<DurableError> for StoreError {
+    fn from(e: DurableError) -> StoreError {
+        StoreError::Unavailable(e.to_string())
     }
 }
 
