@@ -113,8 +113,7 @@ async fn publish_async(args: PublishArgs) -> Result<(String, Option<String>), St
         )?;
         // The cursor is printed when asked for (`--durable`), as over NATS: scripts that
         // read one line (the id) keep working where the hub keeps messages by default.
-        let (id, cursor) =
-            publish_http(&base, api_key.as_ref().map(|k| k.expose()), &body).await?;
+        let (id, cursor) = publish_http(&base, api_key.as_ref().map(|k| k.expose()), &body).await?;
         return Ok((id, cursor.filter(|_| args.durable)));
     }
     if args.nats_url.is_empty() {

@@ -20,19 +20,19 @@ use crate::bus::memory::MemoryBus;
 use crate::bus::nats::NatsBus;
 use crate::bus::{Bus, Outbound};
 use crate::config::Config;
+use crate::config::StoreConfig;
 use crate::control::beacon::{beacon_loop, discover};
 use crate::control::cluster::Cluster;
 use crate::control::pods::{publish_pod_event, PodTable};
 use crate::control::ControlPlane;
-use crate::config::StoreConfig;
-use crate::store::jetstream::{DurableError, JetStream};
-use crate::store::{disk::DiskLog, embedded::Embedded, memory::MemoryLog, Store};
 use crate::handoff::InFlight;
 use crate::http::{access_log, routes, AppState};
 use crate::mailbox::InterestHandle;
 use crate::metrics::Metrics;
 use crate::registry::{Drain, Registry, RegistryDeps, SetSubscriber};
 use crate::session::SessionShared;
+use crate::store::jetstream::{DurableError, JetStream};
+use crate::store::{disk::DiskLog, embedded::Embedded, memory::MemoryLog, Store};
 use crate::subscriber::{Resync, Subscriber};
 
 /// How long a closing connection may take to flush before it is dropped.
@@ -254,44 +254,45 @@ fn embedded_store(
     subjects: &Subjects,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Option<Arc<dyn Store>>> {
-    let (log, retention, max_replay): (Arc<dyn crate::store::embedded::Log>, _, _) =
-        match &config.store {
-            Some(StoreConfig::Disk {
-                dir,
-                create,
-                retention,
-                max_replay,
-            }) => {
-                if *create && !dir.exists() {
-                    std::fs::create_dir_all(dir)
-                        .with_context(|| format!("creating the data directory {}", dir.display()))?;
-                }
-                let log = DiskLog::open(dir, metrics.clone())?;
-                tracing::info!(
-                    dir = %dir.display(),
-                    retention = %humantime::format_duration(*retention),
-                    "durable mode: user messages are kept on disk"
-                );
-                (Arc::new(log), *retention, *max_replay)
+    let (log, retention, max_replay): (Arc<dyn crate::store::embedded::Log>, _, _) = match &config
+        .store
+    {
+        Some(StoreConfig::Disk {
+            dir,
+            create,
+            retention,
+            max_replay,
+        }) => {
+            if *create && !dir.exists() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating the data directory {}", dir.display()))?;
             }
-            Some(StoreConfig::Memory {
+            let log = DiskLog::open(dir, metrics.clone())?;
+            tracing::info!(
+                dir = %dir.display(),
+                retention = %humantime::format_duration(*retention),
+                "durable mode: user messages are kept on disk"
+            );
+            (Arc::new(log), *retention, *max_replay)
+        }
+        Some(StoreConfig::Memory {
+            bytes,
+            retention,
+            max_replay,
+        }) => {
+            tracing::info!(
                 bytes,
-                retention,
-                max_replay,
-            }) => {
-                tracing::info!(
-                    bytes,
-                    retention = %humantime::format_duration(*retention),
-                    "recent user messages are kept in memory for recovery"
-                );
-                (
-                    Arc::new(MemoryLog::new(*bytes, metrics.clone())),
-                    *retention,
-                    *max_replay,
-                )
-            }
-            _ => return Ok(None),
-        };
+                retention = %humantime::format_duration(*retention),
+                "recent user messages are kept in memory for recovery"
+            );
+            (
+                Arc::new(MemoryLog::new(*bytes, metrics.clone())),
+                *retention,
+                *max_replay,
+            )
+        }
+        _ => return Ok(None),
+    };
     Ok(Some(Arc::new(Embedded::start(
         log,
         bus.clone(),

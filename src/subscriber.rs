@@ -19,13 +19,13 @@ use std::task::Waker;
 use tokio::sync::oneshot;
 
 use crate::bus::{Bus, BusMessage, Subscription};
-use crate::store::feed::{Feed, LiveMsg, Output as FeedOutput};
-use crate::store::{Audience, Store};
 use crate::handoff::InFlight;
 use crate::ids::{DeviceId, UserId};
 use crate::mailbox::{AwaitInterest, Interest};
 use crate::message::{encode_frame, new_message_id, Delivery, Target};
 use crate::registry::{Deliver, Registry};
+use crate::store::feed::{Feed, LiveMsg, Output as FeedOutput};
+use crate::store::{Audience, Store};
 
 /// The device a user message is for, from its `Herald-Device`: `Some(None)` for every
 /// session of the user, `None` for nobody (a device no session can have must not fall back

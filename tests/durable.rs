@@ -9,6 +9,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::kept::*;
 use common::*;
 use serde_json::{json, Value};
 
@@ -19,121 +20,6 @@ async fn pod(nats: &Nats, name: &str, extra: &[&str]) -> Hub {
     let mut args = vec!["--nats-url", &nats_url, "--pod-name", name, "--durable"];
     args.extend_from_slice(extra);
     Hub::secured(&args).await
-}
-
-fn url(hub: &Hub, user: &str, extra: &str) -> String {
-    hub.ws_url(user, &format!("token={}{extra}", token(user, 60, None)))
-}
-
-fn since(cursor: &str) -> String {
-    format!("&since={cursor}")
-}
-
-/// HTTP publish of `{"n": n}` to `user` (optionally for one device) on the hub at `base`;
-/// returns the answer's cursor.
-async fn publish_to(base: &str, user: &str, n: i64, device: Option<&str>) -> String {
-    let mut body = json!({"user": user, "data": {"n": n}});
-    if let Some(d) = device {
-        body["device"] = json!(d);
-    }
-    let r = tokio::time::timeout(
-        WAIT,
-        reqwest::Client::new()
-            .post(format!("{base}/api/v1/publish"))
-            .bearer_auth(API_KEY)
-            .json(&body)
-            .send(),
-    )
-    .await
-    .expect("publish answered in time")
-    .expect("publish request");
-    let status = r.status().as_u16();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    assert_eq!(status, 202, "publish {body}: {v}");
-    let cursor = v["cursor"]
-        .as_str()
-        .unwrap_or_else(|| panic!("durable publish answer without a cursor: {v}"))
-        .to_string();
-    cursor_parts(&cursor);
-    cursor
-}
-
-async fn publish(hub: &Hub, user: &str, n: i64, device: Option<&str>) -> String {
-    publish_to(&hub.http(), user, n, device).await
-}
-
-async fn next_message(ws: &mut Ws) -> Value {
-    let m = next_json(ws).await;
-    assert_eq!(m["type"], "message", "expected a message frame: {m}");
-    m
-}
-
-async fn read_messages(ws: &mut Ws, count: usize) -> Vec<Value> {
-    let mut out = Vec::new();
-    for _ in 0..count {
-        out.push(next_message(ws).await);
-    }
-    out
-}
-
-fn n_of(m: &Value) -> i64 {
-    m["data"]["n"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("message without data.n: {m}"))
-}
-
-fn ns(frames: &[Value]) -> Vec<i64> {
-    frames.iter().map(n_of).collect()
-}
-
-fn cursor_of(m: &Value) -> String {
-    m["cursor"]
-        .as_str()
-        .unwrap_or_else(|| panic!("message without a cursor: {m}"))
-        .to_string()
-}
-
-fn assert_recovered(welcome: &Value, replayed: u64) {
-    assert_eq!(welcome["recovered"], true, "welcome: {welcome}");
-    assert_eq!(welcome["replayed"], replayed, "welcome: {welcome}");
-}
-
-fn assert_not_recovered(welcome: &Value) {
-    assert_eq!(welcome["recovered"], false, "welcome: {welcome}");
-    assert_eq!(welcome["replayed"], 0, "welcome: {welcome}");
-}
-
-async fn leave(mut ws: Ws) {
-    let _ = ws.close(None).await;
-    let _ = close_code_or_gone(&mut ws, WAIT).await;
-}
-
-/// GET with the API key (or `key`), returning the status and the body as text.
-async fn get_text(hub: &Hub, path: &str, key: Option<&str>) -> (u16, String) {
-    let mut req = reqwest::Client::new().get(format!("{}{path}", hub.http()));
-    if let Some(k) = key {
-        req = req.bearer_auth(k);
-    }
-    let r = tokio::time::timeout(WAIT, req.send())
-        .await
-        .expect("GET answered in time")
-        .expect("GET request");
-    let status = r.status().as_u16();
-    (status, r.text().await.unwrap_or_default())
-}
-
-async fn history(hub: &Hub, user: &str, query: &str) -> Value {
-    let path = format!("/api/v1/history/{user}{query}");
-    let (status, body) = get_text(hub, &path, Some(API_KEY)).await;
-    assert_eq!(status, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
-}
-
-fn history_messages(h: &Value) -> Vec<Value> {
-    h["messages"]
-        .as_array()
-        .unwrap_or_else(|| panic!("history without messages: {h}"))
-        .clone()
 }
 
 /// The durable stream's creation time in ns, `None` while it does not exist.
@@ -674,9 +560,13 @@ async fn history_pages_through_kept_messages() {
     let plain = Hub::secured(&["--nats-url", &nats_url, "--pod-name", "plain"]).await;
     let (status, body) = get_text(&plain, "/api/v1/history/u1", Some(API_KEY)).await;
     assert_eq!(status, 404, "history without --durable: {body}");
+    // Standalone keeps recent messages in memory, unless told to keep none.
     let standalone = Hub::secured(&[]).await;
     let (status, body) = get_text(&standalone, "/api/v1/history/u1", Some(API_KEY)).await;
-    assert_eq!(status, 404, "history in standalone mode: {body}");
+    assert_eq!(status, 200, "history in standalone mode: {body}");
+    let keeps_none = Hub::secured(&["--history-memory", "0"]).await;
+    let (status, body) = get_text(&keeps_none, "/api/v1/history/u1", Some(API_KEY)).await;
+    assert_eq!(status, 404, "history with --history-memory 0: {body}");
 }
 
 #[tokio::test]

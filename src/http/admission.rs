@@ -12,13 +12,13 @@ use herald_proto::ServerFrame;
 
 use super::AppState;
 use crate::auth::{authenticate, extract_token, query_param, Identity};
-use crate::store::{Audience, Store};
 use crate::ids::{DeviceId, SessionId, UserId};
 use crate::message::Frame;
 use crate::registry::Detach;
 use crate::session::wire::Wire;
 use crate::session::{reserve, Opening, Reserved};
 use crate::shard::Shard;
+use crate::store::{Audience, Store};
 
 /// A handshake refusal: status and reason.
 pub struct Refusal(pub u16, pub String);

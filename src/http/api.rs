@@ -15,9 +15,9 @@ use serde_json::value::RawValue;
 
 use super::AppState;
 use crate::bus::Outbound;
-use crate::store::Audience;
 use crate::ids::{DeviceId, UserId};
 use crate::message::new_message_id;
+use crate::store::Audience;
 
 fn error(status: actix_web::http::StatusCode, message: impl Into<String>) -> HttpResponse {
     HttpResponse::build(status).json(serde_json::json!({ "error": message.into() }))
@@ -176,7 +176,7 @@ pub async fn history(
     let Some(durable) = &state.durable else {
         return error(
             actix_web::http::StatusCode::NOT_FOUND,
-            "history needs durable mode (--durable)",
+            "nothing is kept here: history needs --durable (or, standalone, --history-memory above 0)",
         );
     };
     let max = usize::try_from(durable.max_replay()).unwrap_or(usize::MAX);

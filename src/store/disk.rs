@@ -473,7 +473,9 @@ impl Log for DiskLog {
         if let Err(mpsc::SendError(Command::Append(_, done))) =
             self.commands.send(Command::Append(rec, done))
         {
-            done(Err(StoreError::Unavailable("the store's writer stopped".into())));
+            done(Err(StoreError::Unavailable(
+                "the store's writer stopped".into(),
+            )));
         }
     }
 

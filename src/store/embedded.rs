@@ -89,8 +89,7 @@ impl Dedup {
     /// The sequence `id` was kept under within the window, if it was.
     pub fn get(&mut self, id: &str, now_ms: u64) -> Option<u64> {
         while let Some((t, _)) = self.order.front() {
-            if now_ms.saturating_sub(*t) < DEDUP_WINDOW_MS && self.order.len() <= DEDUP_CAPACITY
-            {
+            if now_ms.saturating_sub(*t) < DEDUP_WINDOW_MS && self.order.len() <= DEDUP_CAPACITY {
                 break;
             }
             if let Some((_, old)) = self.order.pop_front() {

@@ -20,10 +20,10 @@ use bytes::Bytes;
 use herald_proto::{Subjects, HEADER_DEVICE, HEADER_EVENT, HEADER_MSG_ID};
 use thiserror::Error;
 
+use super::{Audience, Bounds, Cursor, Read, Store, StoreError};
+use crate::bus::Outbound;
 use crate::config::DurableConfig;
 use crate::ids::UserId;
-use crate::bus::Outbound;
-use super::{Audience, Bounds, Cursor, Read, Store, StoreError};
 
 /// JetStream de-duplicates a `Nats-Msg-Id` seen within this window.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);

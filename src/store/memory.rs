@@ -141,7 +141,11 @@ impl Log for MemoryLog {
 
     fn append(&self, rec: NewRecord, done: Done) {
         let mut inner = self.lock();
-        if let Some(seq) = rec.id.as_deref().and_then(|id| inner.dedup.get(id, rec.at_ms)) {
+        if let Some(seq) = rec
+            .id
+            .as_deref()
+            .and_then(|id| inner.dedup.get(id, rec.at_ms))
+        {
             drop(inner);
             return done(Ok(Appended {
                 seq,
@@ -233,15 +237,16 @@ mod tests {
         let log = MemoryLog::new(1_000, Arc::new(Metrics::new()));
         let u1 = UserId::parse("u1").expect("valid");
         for i in 0..20 {
-            let a = append(&log, rec(if i % 2 == 0 { "u1" } else { "u2" }, i, b"0123456789"));
+            let a = append(
+                &log,
+                rec(if i % 2 == 0 { "u1" } else { "u2" }, i, b"0123456789"),
+            );
             assert_eq!(a.seq, i + 1);
         }
         let (first, last) = log.range();
         assert_eq!(last, 20);
         assert!(first > 1, "something was evicted");
-        let (kept, more) = log
-            .scan(&u1, 0, None, Audience::All, 100)
-            .expect("scan");
+        let (kept, more) = log.scan(&u1, 0, None, Audience::All, 100).expect("scan");
         assert!(!more);
         assert!(kept.iter().all(|r| r.seq >= first && r.user == "u1"));
         assert_eq!(kept.last().map(|r| r.seq), Some(19));

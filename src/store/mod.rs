@@ -224,7 +224,10 @@ mod tests {
             check_resume(c(5), 7, b(7, 7, 9)),
             Err(CursorRefusal::Expired)
         );
-        assert_eq!(check_resume(c(10), 7, b(7, 1, 9)), Err(CursorRefusal::Ahead));
+        assert_eq!(
+            check_resume(c(10), 7, b(7, 1, 9)),
+            Err(CursorRefusal::Ahead)
+        );
         assert_eq!(
             check_resume(c(5), 7, b(8, 1, 9)),
             Err(CursorRefusal::ForeignEpoch)

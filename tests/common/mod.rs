@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod kept;
 pub mod sse;
 
 use std::net::TcpListener;
