@@ -20,6 +20,8 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
+// Parsed once at start; the size of the serve variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the hub (the default).
@@ -196,6 +198,11 @@ pub struct ServeArgs {
     /// missing; a directory given here must exist].
     #[arg(long, env = "HERALD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Standalone --durable: when a publish is answered. full: after fsync (survives power
+    /// loss); data: after fdatasync; os: once the OS has it (survives a process kill, not a
+    /// power loss).
+    #[arg(long, env = "HERALD_DISK_SYNC", value_enum, default_value = "full")]
+    pub disk_sync: DiskSync,
     /// Standalone without --durable: bytes of recent user messages kept in memory for
     /// recovery (0 keeps none).
     #[arg(long, env = "HERALD_HISTORY_MEMORY", default_value = "64MiB", value_parser = byte_size)]
@@ -334,6 +341,14 @@ pub struct DurableConfig {
     pub replicas: usize,
 }
 
+/// When the disk store answers an append (see `store::disk`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiskSync {
+    Full,
+    Data,
+    Os,
+}
+
 /// Where kept messages live (PROTOCOL §5), when anywhere.
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
@@ -343,6 +358,7 @@ pub enum StoreConfig {
     Disk {
         dir: PathBuf,
         create: bool,
+        sync: DiskSync,
         retention: Duration,
         max_replay: u64,
     },
@@ -514,6 +530,7 @@ impl Config {
             }
             (true, true) => Some(StoreConfig::Disk {
                 create: args.data_dir.is_none(),
+                sync: args.disk_sync,
                 dir: args
                     .data_dir
                     .clone()

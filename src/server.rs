@@ -260,6 +260,7 @@ fn embedded_store(
         Some(StoreConfig::Disk {
             dir,
             create,
+            sync,
             retention,
             max_replay,
         }) => {
@@ -267,10 +268,11 @@ fn embedded_store(
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating the data directory {}", dir.display()))?;
             }
-            let log = DiskLog::open(dir, metrics.clone())?;
+            let log = DiskLog::open(dir, *sync, metrics.clone())?;
             tracing::info!(
                 dir = %dir.display(),
                 retention = %humantime::format_duration(*retention),
+                sync = ?sync,
                 "durable mode: user messages are kept on disk"
             );
             (Arc::new(log), *retention, *max_replay)

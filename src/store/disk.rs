@@ -1,19 +1,21 @@
-//! The disk engine (standalone with `--durable`): user messages kept in a redb database in
+//! The disk engine (standalone with `--durable`): user messages kept in a fjall database
+//! (a log-structured store: a journal of write batches, then sorted tables) in
 //! `--data-dir`, surviving restarts and SIGKILL.
 //!
-//! Sync policy: an append is answered only after the write transaction holding it has
-//! committed with `Durability::Immediate` (fsync of the data and then of redb's commit
-//! slot). One writer thread takes every append waiting at that moment into one
-//! transaction (group commit), so the fsync is shared by concurrent publishes instead of
-//! paid by each. What was answered survives a process kill and, on a disk that honours
-//! fsync, a power loss; an unanswered append may or may not be kept, and is then kept
-//! whole or not at all (redb's commit is atomic; after a crash it falls back to the last
-//! whole commit, repairing its allocator state, which is logged).
+//! Sync policy (`--disk-sync`): an append is answered only after the write batch holding it
+//! is in the journal and the journal was synced as configured: `full` (fsync, the
+//! default) or `data` (fdatasync) survive a power loss on a disk that honours them; `os`
+//! hands the batch to the OS only, which survives a process kill but not a power loss or
+//! an OS crash. One writer thread takes every append waiting at that moment into one
+//! batch (group commit), so a sync is shared by concurrent publishes instead of paid by
+//! each. A batch is recovered whole or not at all; after a crash the journal is cut back
+//! to its last whole batch (a torn or damaged tail is dropped), which is logged.
 //!
-//! Tables: `messages` (sequence → [`record`](super::record) bytes), `by_user` ((user,
-//! sequence) → ()) for per-user reads, and `meta` (the epoch, chosen when the database is
-//! created, and the last sequence, so sequences never repeat after retention emptied the
-//! store). redb locks the file: a second herald on the same directory is refused.
+//! Keyspaces: `messages` (sequence, big endian → [`record`](super::record) bytes),
+//! `by_user` (`<user>/<sequence>` → empty; `/` is not in a user id, so one user's keys
+//! are one prefix) and `meta` (the epoch, chosen when the store is created; the first
+//! and last sequence, so sequences never repeat after retention emptied the store). The
+//! database directory is locked: a second herald on the same directory is refused.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,26 +24,24 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use thiserror::Error;
 
 use super::embedded::{Appended, Dedup, Done, Log, NewRecord, Scan, DEDUP_WINDOW_MS};
 use super::record::{self, Record};
 use super::{Audience, StoreError};
+use crate::config::DiskSync;
 use crate::ids::UserId;
 use crate::metrics::Metrics;
 
-const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
-const BY_USER: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_user");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// The database file inside `--data-dir`.
-pub const FILE_NAME: &str = "herald.redb";
-/// Most appends in one transaction.
+/// The database's directory inside `--data-dir`.
+pub const DB_DIR: &str = "messages";
+/// Most appends in one batch.
 const MAX_BATCH: usize = 4096;
-/// Most expired records removed in one transaction, so a sweep never stalls appends long.
+/// Most expired records removed in one batch, so a sweep never stalls appends long.
 const MAX_TRIM: usize = 20_000;
-/// redb's page cache (its default, 1 GiB, is far more than a hub should hold).
-const CACHE_BYTES: usize = 64 << 20;
+/// fjall's block cache.
+const CACHE_BYTES: u64 = 32 << 20;
 
 #[derive(Debug, Error)]
 pub enum OpenError {
@@ -51,7 +51,7 @@ pub enum OpenError {
     NotADirectory(PathBuf),
     #[error("--data-dir {0}: cannot write there: {1}")]
     Unwritable(PathBuf, std::io::Error),
-    #[error("--data-dir {0}: another herald holds this store (the database file is locked)")]
+    #[error("--data-dir {0}: another herald holds this store (its lock is taken)")]
     Locked(PathBuf),
     #[error("--data-dir {0}: the store cannot be opened: {1}")]
     Database(PathBuf, String),
@@ -62,9 +62,17 @@ enum Command {
     Trim(u64),
 }
 
+/// The three keyspaces.
+#[derive(Clone)]
+struct Spaces {
+    messages: Keyspace,
+    by_user: Keyspace,
+    meta: Keyspace,
+}
+
 pub struct DiskLog {
     epoch: u64,
-    db: Arc<Database>,
+    spaces: Spaces,
     first: Arc<AtomicU64>,
     last: Arc<AtomicU64>,
     commands: mpsc::Sender<Command>,
@@ -72,56 +80,103 @@ pub struct DiskLog {
 
 /// What only the writer thread touches.
 struct Writer {
-    db: Arc<Database>,
+    db: Database,
+    spaces: Spaces,
+    sync: PersistMode,
     first: Arc<AtomicU64>,
     last: Arc<AtomicU64>,
-    count: u64,
     dedup: Dedup,
-    file: PathBuf,
+    /// The store refuses writes after a failed one (it cannot tell what reached the
+    /// disk); why, so every later answer says the same.
+    failed: Option<StoreError>,
     metrics: Arc<Metrics>,
+}
+
+fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn user_key(user: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user.len() + 9);
+    k.extend_from_slice(user.as_bytes());
+    k.push(b'/');
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn seq_of(key: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
+}
+
+fn meta_get(meta: &Keyspace, name: &str) -> fjall::Result<Option<u64>> {
+    Ok(meta.get(name)?.as_deref().and_then(seq_of))
+}
+
+fn persist_mode(sync: DiskSync) -> PersistMode {
+    match sync {
+        DiskSync::Full => PersistMode::SyncAll,
+        DiskSync::Data => PersistMode::SyncData,
+        DiskSync::Os => PersistMode::Buffer,
+    }
 }
 
 impl DiskLog {
     /// Open (or create) the store in `dir`, which must exist and be writable.
-    pub fn open(dir: &Path, metrics: Arc<Metrics>) -> Result<DiskLog, OpenError> {
+    pub fn open(dir: &Path, sync: DiskSync, metrics: Arc<Metrics>) -> Result<DiskLog, OpenError> {
         check_dir(dir)?;
-        let file = dir.join(FILE_NAME);
+        let path = dir.join(DB_DIR);
+        let journal_before = journal_bytes(&path);
         let started = Instant::now();
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .set_repair_callback(|session| {
-                tracing::warn!(
-                    progress = format!("{:.0}%", session.progress() * 100.0),
-                    "the store was not closed cleanly: recovering it to its last whole commit"
-                );
-            })
-            .create(&file)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => OpenError::Locked(dir.to_path_buf()),
-                e => OpenError::Database(dir.to_path_buf(), e.to_string()),
-            })?;
-        let db = Arc::new(db);
-        let fail = |e: redb::Error| OpenError::Database(dir.to_path_buf(), e.to_string());
-        let (epoch, last, first, count, dedup) = init(&db).map_err(fail)?;
+        let fail = |e: fjall::Error| match e {
+            fjall::Error::Locked => OpenError::Locked(dir.to_path_buf()),
+            e => OpenError::Database(dir.to_path_buf(), e.to_string()),
+        };
+        let db = Database::builder(&path)
+            .cache_size(CACHE_BYTES)
+            .worker_threads(1)
+            .open()
+            .map_err(fail)?;
+        let journal_after = journal_bytes(&path);
+        // The journal is preallocated; recovery cuts it back to its last whole batch, so it
+        // shrinks exactly when the store was not closed (a crash, a kill) and its tail,
+        // damaged or partly written batches included, was recovered.
+        if journal_after < journal_before {
+            tracing::warn!(
+                dir = %dir.display(),
+                journal_bytes_kept = journal_after,
+                "the store was not closed cleanly: its journal was recovered to the last whole batch (a damaged or partly written tail is dropped)"
+            );
+        }
+        let open = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(fail)
+        };
+        let spaces = Spaces {
+            messages: open("messages")?,
+            by_user: open("by_user")?,
+            meta: open("meta")?,
+        };
+        let (epoch, first, last, dedup) = init(&db, &spaces, sync).map_err(fail)?;
         tracing::info!(
-            file = %file.display(),
-            kept = count,
+            dir = %path.display(),
+            kept = last + 1 - first,
             first,
             last,
             took_ms = started.elapsed().as_millis() as u64,
             "disk store open"
         );
-        metrics.store_messages.set(count as i64);
         let first = Arc::new(AtomicU64::new(first));
         let last = Arc::new(AtomicU64::new(last));
         let (commands, rx) = mpsc::channel();
         let mut writer = Writer {
-            db: db.clone(),
+            db,
+            spaces: spaces.clone(),
+            sync: persist_mode(sync),
             first: first.clone(),
             last: last.clone(),
-            count,
             dedup,
-            file,
+            failed: None,
             metrics,
         };
         writer.gauges();
@@ -131,12 +186,25 @@ impl DiskLog {
             .map_err(|e| OpenError::Database(dir.to_path_buf(), e.to_string()))?;
         Ok(DiskLog {
             epoch,
-            db,
+            spaces,
             first,
             last,
             commands,
         })
     }
+}
+
+/// Bytes in the database's journal files (`<n>.jnl` in its directory).
+fn journal_bytes(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "jnl"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn check_dir(dir: &Path) -> Result<(), OpenError> {
@@ -155,55 +223,41 @@ fn check_dir(dir: &Path) -> Result<(), OpenError> {
         .map_err(|e| OpenError::Unwritable(dir.to_path_buf(), e))
 }
 
-type Init = (u64, u64, u64, u64, Dedup);
-
-/// Create the tables when new; read the epoch, the sequence range, the count, and the ids
-/// of the de-duplication window.
-fn init(db: &Database) -> Result<Init, redb::Error> {
-    let txn = db.begin_write()?;
-    let (epoch, last) = {
-        let mut meta = txn.open_table(META)?;
-        let known = meta.get("epoch")?.map(|v| v.value());
-        let epoch = match known {
-            Some(e) => e,
-            None => {
-                let e = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-                    .unwrap_or(1)
-                    .max(1);
-                meta.insert("epoch", e)?;
-                e
-            }
-        };
-        let last = meta.get("last")?.map(|v| v.value()).unwrap_or(0);
-        (epoch, last)
-    };
-    txn.open_table(BY_USER)?;
-    let (first, count, dedup) = {
-        let messages = txn.open_table(MESSAGES)?;
-        let first = messages.first()?.map_or(last + 1, |(k, _)| k.value());
-        let count = messages.len()?;
-        let mut dedup = Dedup::default();
-        let since = crate::clock::wall_ms().saturating_sub(DEDUP_WINDOW_MS);
-        for entry in messages.range::<u64>(..)?.rev() {
-            let (k, v) = entry?;
-            match record::decode(k.value(), v.value()) {
-                Ok(r) if r.at_ms < since => break,
-                Ok(r) => {
-                    if let Some(id) = &r.id {
-                        dedup.insert(id, r.seq, r.at_ms);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(seq = k.value(), error = %e, "a damaged record in the store is skipped")
-                }
-            }
+/// The epoch (written when new), the sequence range, and the ids of the de-duplication
+/// window.
+fn init(db: &Database, s: &Spaces, sync: DiskSync) -> fjall::Result<(u64, u64, u64, Dedup)> {
+    let epoch = match meta_get(&s.meta, "epoch")? {
+        Some(e) => e,
+        None => {
+            let e = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+                .unwrap_or(1)
+                .max(1);
+            let mut b = db.batch().durability(Some(persist_mode(sync)));
+            b.insert(&s.meta, "epoch", seq_key(e).to_vec());
+            b.commit()?;
+            e
         }
-        (first, count, dedup)
     };
-    txn.commit()?;
-    Ok((epoch, last, first, count, dedup))
+    let last = meta_get(&s.meta, "last")?.unwrap_or(0);
+    let first = meta_get(&s.meta, "first")?.unwrap_or(1).min(last + 1);
+    let mut dedup = Dedup::default();
+    let since = crate::clock::wall_ms().saturating_sub(DEDUP_WINDOW_MS);
+    for entry in s.messages.range(seq_key(first)..).rev() {
+        let (k, v) = entry.into_inner()?;
+        let Some(seq) = seq_of(&k) else { continue };
+        match record::decode(seq, &v) {
+            Ok(r) if r.at_ms < since => break,
+            Ok(r) => {
+                if let Some(id) = &r.id {
+                    dedup.insert(id, r.seq, r.at_ms);
+                }
+            }
+            Err(e) => tracing::warn!(seq, error = %e, "a damaged record in the store is skipped"),
+        }
+    }
+    Ok((epoch, first, last, dedup))
 }
 
 impl Writer {
@@ -226,12 +280,17 @@ impl Writer {
     }
 
     fn write(&mut self, appends: Vec<(NewRecord, Done)>, trim: Option<u64>) {
+        if let Some(e) = &self.failed {
+            for (_, reply) in appends {
+                reply(Err(same(e)));
+            }
+            return;
+        }
         let started = Instant::now();
-        match self.transaction(&appends, trim) {
+        match self.batch(&appends, trim) {
             Ok(done) => {
                 self.last.store(done.last, Ordering::Release);
                 self.first.store(done.first, Ordering::Release);
-                self.count = self.count + done.kept.len() as u64 - done.trimmed;
                 if done.trimmed > 0 {
                     self.metrics.store_evicted_retention.inc_by(done.trimmed);
                     tracing::debug!(removed = done.trimmed, "expired messages removed");
@@ -249,101 +308,96 @@ impl Writer {
             }
             Err(e) => {
                 let e = classify(e);
-                tracing::warn!(error = %e, appends = appends.len(), "store write failed");
+                tracing::error!(error = %e, appends = appends.len(), "store write failed; publishes are refused until herald restarts");
                 for (_, reply) in appends {
                     reply(Err(same(&e)));
                 }
+                self.failed = Some(e);
             }
         }
     }
 
-    fn transaction(
+    fn batch(
         &mut self,
         appends: &[(NewRecord, Done)],
         trim: Option<u64>,
-    ) -> Result<Committed, redb::Error> {
-        let txn = self.db.begin_write()?;
+    ) -> fjall::Result<Committed> {
+        let s = &self.spaces;
+        let mut batch = self.db.batch().durability(Some(self.sync));
         let mut last = self.last.load(Ordering::Acquire);
+        let mut first = self.first.load(Ordering::Acquire);
         let mut kept = Vec::with_capacity(appends.len());
-        let mut trimmed = 0u64;
-        let first;
-        {
-            let mut messages = txn.open_table(MESSAGES)?;
-            let mut by_user = txn.open_table(BY_USER)?;
-            let mut users: HashMap<&str, u64> = HashMap::new();
-            let mut batch_ids: HashMap<&str, u64> = HashMap::new();
-            for (rec, _) in appends {
-                let dup = rec.id.as_deref().and_then(|id| {
-                    batch_ids
-                        .get(id)
-                        .copied()
-                        .or_else(|| self.dedup.get(id, rec.at_ms))
-                });
-                if let Some(seq) = dup {
-                    kept.push(Appended {
-                        seq,
-                        prev: 0,
-                        duplicate: true,
-                    });
-                    continue;
-                }
-                let user = rec.user.as_str();
-                let prev = match users.get(user) {
-                    Some(p) => *p,
-                    None => by_user
-                        .range((user, 0)..=(user, u64::MAX))?
-                        .next_back()
-                        .transpose()?
-                        .map_or(0, |(k, _)| k.value().1),
-                };
-                last += 1;
-                let r = Record {
-                    seq: last,
-                    at_ms: rec.at_ms,
-                    user: user.to_string(),
-                    id: rec.id.clone(),
-                    event: rec.event.clone(),
-                    device: rec.device.clone(),
-                    payload: rec.payload.clone(),
-                };
-                messages.insert(last, record::encode(&r).as_slice())?;
-                by_user.insert((user, last), ())?;
-                users.insert(user, last);
-                if let Some(id) = rec.id.as_deref() {
-                    batch_ids.insert(id, last);
-                }
+        let mut users: HashMap<&str, u64> = HashMap::new();
+        let mut batch_ids: HashMap<&str, u64> = HashMap::new();
+        for (rec, _) in appends {
+            let dup = rec.id.as_deref().and_then(|id| {
+                batch_ids
+                    .get(id)
+                    .copied()
+                    .or_else(|| self.dedup.get(id, rec.at_ms))
+            });
+            if let Some(seq) = dup {
                 kept.push(Appended {
-                    seq: last,
-                    prev,
-                    duplicate: false,
+                    seq,
+                    prev: 0,
+                    duplicate: true,
                 });
+                continue;
             }
-            if let Some(before) = trim {
-                let mut expired = Vec::new();
-                for entry in messages.range::<u64>(..)? {
-                    let (k, v) = entry?;
-                    if expired.len() >= MAX_TRIM {
-                        break;
-                    }
-                    match record::decode(k.value(), v.value()) {
-                        Ok(r) if r.at_ms >= before => break,
-                        Ok(r) => expired.push((r.seq, Some(r.user))),
-                        // Unreadable: its user is unknown, so only the record goes.
-                        Err(_) => expired.push((k.value(), None)),
-                    }
-                }
-                for (seq, user) in expired {
-                    messages.remove(seq)?;
-                    if let Some(u) = user {
-                        by_user.remove((u.as_str(), seq))?;
-                    }
-                    trimmed += 1;
-                }
+            let user = rec.user.as_str();
+            let prev = match users.get(user) {
+                Some(p) => *p,
+                None => last_of(&s.by_user, user)?,
+            };
+            last += 1;
+            let r = Record {
+                seq: last,
+                at_ms: rec.at_ms,
+                user: user.to_string(),
+                id: rec.id.clone(),
+                event: rec.event.clone(),
+                device: rec.device.clone(),
+                payload: rec.payload.clone(),
+            };
+            batch.insert(&s.messages, seq_key(last).to_vec(), record::encode(&r));
+            batch.insert(&s.by_user, user_key(user, last), Vec::new());
+            users.insert(user, last);
+            if let Some(id) = rec.id.as_deref() {
+                batch_ids.insert(id, last);
             }
-            first = messages.first()?.map_or(last + 1, |(k, _)| k.value());
-            txn.open_table(META)?.insert("last", last)?;
+            kept.push(Appended {
+                seq: last,
+                prev,
+                duplicate: false,
+            });
         }
-        txn.commit()?;
+        let mut trimmed = 0u64;
+        if let Some(before) = trim {
+            // From the known first: the tombstones of earlier sweeps are not walked again.
+            for entry in s.messages.range(seq_key(first)..) {
+                if trimmed as usize >= MAX_TRIM {
+                    break;
+                }
+                let (k, v) = entry.into_inner()?;
+                let Some(seq) = seq_of(&k) else { continue };
+                if seq > last {
+                    break;
+                }
+                match record::decode(seq, &v) {
+                    Ok(r) if r.at_ms >= before => break,
+                    Ok(r) => batch.remove(&s.by_user, user_key(&r.user, seq)),
+                    // Unreadable: its user is unknown, so only the record goes.
+                    Err(_) => {}
+                }
+                batch.remove(&s.messages, k.to_vec());
+                first = seq + 1;
+                trimmed += 1;
+            }
+        }
+        first = first.min(last + 1);
+        batch.insert(&s.meta, "last", seq_key(last).to_vec());
+        batch.insert(&s.meta, "first", seq_key(first).to_vec());
+        batch.commit()?;
         Ok(Committed {
             kept,
             last,
@@ -353,9 +407,15 @@ impl Writer {
     }
 
     fn gauges(&self) {
-        self.metrics.store_messages.set(self.count as i64);
-        if let Ok(m) = std::fs::metadata(&self.file) {
-            self.metrics.store_bytes.set(m.len() as i64);
+        let first = self.first.load(Ordering::Acquire);
+        let last = self.last.load(Ordering::Acquire);
+        self.metrics
+            .store_messages
+            .set(i64::try_from((last + 1).saturating_sub(first)).unwrap_or(i64::MAX));
+        if let Ok(bytes) = self.db.disk_space() {
+            self.metrics
+                .store_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
     }
 }
@@ -367,16 +427,26 @@ struct Committed {
     trimmed: u64,
 }
 
+fn last_of(by_user: &Keyspace, user: &str) -> fjall::Result<u64> {
+    let mut prefix = user.as_bytes().to_vec();
+    prefix.push(b'/');
+    match by_user.prefix(&prefix).next_back() {
+        Some(g) => Ok(seq_of(&g.key()?).unwrap_or(0)),
+        None => Ok(0),
+    }
+}
+
 /// A write error as the client is told it: a full disk is `Full`.
-fn classify(e: redb::Error) -> StoreError {
+fn classify(e: fjall::Error) -> StoreError {
     let full = match &e {
-        redb::Error::Io(io) => is_full(io),
+        fjall::Error::Io(io) => is_full(io),
+        fjall::Error::Storage(fjall::LsmError::Io(io)) => is_full(io),
         _ => false,
     };
     if full {
         StoreError::Full(format!("no space left on the disk of the store ({e})"))
     } else {
-        StoreError::Unavailable(e.to_string())
+        StoreError::Unavailable(format!("the store's write failed ({e})"))
     }
 }
 
@@ -389,6 +459,10 @@ fn same(e: &StoreError) -> StoreError {
         StoreError::Full(m) => StoreError::Full(m.clone()),
         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
     }
+}
+
+fn unavailable(e: fjall::Error) -> StoreError {
+    StoreError::Unavailable(format!("the store's read failed ({e})"))
 }
 
 impl Log for DiskLog {
@@ -408,18 +482,7 @@ impl Log for DiskLog {
     }
 
     fn last_of(&self, user: &UserId) -> Result<u64, StoreError> {
-        let read = || -> Result<u64, redb::Error> {
-            let txn = self.db.begin_read()?;
-            let by_user = txn.open_table(BY_USER)?;
-            let u = user.as_str();
-            let last = by_user
-                .range((u, 0)..=(u, u64::MAX))?
-                .next_back()
-                .transpose()?
-                .map_or(0, |(k, _)| k.value().1);
-            Ok(last)
-        };
-        read().map_err(|e| StoreError::Unavailable(e.to_string()))
+        last_of(&self.spaces.by_user, user.as_str()).map_err(unavailable)
     }
 
     fn scan(
@@ -430,43 +493,43 @@ impl Log for DiskLog {
         audience: Audience<'_>,
         limit: usize,
     ) -> Result<Scan, StoreError> {
-        let read = || -> Result<Scan, redb::Error> {
-            let txn = self.db.begin_read()?;
-            let by_user = txn.open_table(BY_USER)?;
-            let messages = txn.open_table(MESSAGES)?;
-            let u = user.as_str();
-            let Some(lo) = after.checked_add(1) else {
-                return Ok((Vec::new(), false));
-            };
-            let hi = upto.unwrap_or(u64::MAX);
-            if lo > hi {
-                return Ok((Vec::new(), false));
-            }
-            let mut out = Vec::new();
-            for entry in by_user.range((u, lo)..=(u, hi))? {
-                let (k, _) = entry?;
-                let seq = k.value().1;
-                let Some(v) = messages.get(seq)? else {
-                    continue;
-                };
-                let r = match record::decode(seq, v.value()) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::warn!(seq, error = %e, "a damaged record in the store is skipped");
-                        continue;
-                    }
-                };
-                if !audience.admits(r.device.as_deref()) {
-                    continue;
-                }
-                if out.len() >= limit {
-                    return Ok((out, true));
-                }
-                out.push(r);
-            }
-            Ok((out, false))
+        let Some(lo) = after.checked_add(1) else {
+            return Ok((Vec::new(), false));
         };
-        read().map_err(|e| StoreError::Unavailable(e.to_string()))
+        let hi = upto.unwrap_or(u64::MAX);
+        if lo > hi {
+            return Ok((Vec::new(), false));
+        }
+        let u = user.as_str();
+        let mut out = Vec::new();
+        let range = self.spaces.by_user.range(user_key(u, lo)..=user_key(u, hi));
+        for entry in range {
+            let key = entry.key().map_err(unavailable)?;
+            let Some(seq) = seq_of(&key) else { continue };
+            let Some(v) = self
+                .spaces
+                .messages
+                .get(seq_key(seq))
+                .map_err(unavailable)?
+            else {
+                continue;
+            };
+            let r = match record::decode(seq, &v) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(seq, error = %e, "a damaged record in the store is skipped");
+                    continue;
+                }
+            };
+            if !audience.admits(r.device.as_deref()) {
+                continue;
+            }
+            if out.len() >= limit {
+                return Ok((out, true));
+            }
+            out.push(r);
+        }
+        Ok((out, false))
     }
 
     fn append(&self, rec: NewRecord, done: Done) {
