@@ -42,6 +42,9 @@ const MAX_BATCH: usize = 4096;
 const MAX_TRIM: usize = 20_000;
 /// fjall's block cache.
 const CACHE_BYTES: u64 = 32 << 20;
+/// Journal kept before fjall flushes it into tables (its default is 512 MiB): bounds the
+/// disk used beside the kept messages and the replay after a crash.
+const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, Error)]
 pub enum OpenError {
@@ -135,6 +138,7 @@ impl DiskLog {
         let db = Database::builder(&path)
             .cache_size(CACHE_BYTES)
             .worker_threads(1)
+            .max_journaling_size(MAX_JOURNAL_BYTES)
             .open()
             .map_err(fail)?;
         let journal_after = journal_bytes(&path);
