@@ -3,7 +3,7 @@
 # Starts its own nats-server and herald pods (release build), runs herald-load scenarios and
 # appends every JSON result line to $OUT (default artifacts/perf/results.jsonl).
 #
-#   scripts/perf-run.sh [single|scale|broadcast100k|membound|durable|durablelimit|peer|sse|soak|all]
+#   scripts/perf-run.sh [single|scale|broadcast100k|membound|durable|durablelimit|store|peer|sse|soak|all]
 #
 # single: one pod, 19,000 connections: idle memory, reconnect storm (with the kernel's
 #         listen queue overflows), broadcast, addressed.
@@ -26,6 +26,19 @@
 #         stored message count and JetStream API error count (a "jetstream" line).
 # durablelimit: the same plain/durable pairs at DURABLE_LIMIT_RATES (default 20,000 to
 #         60,000/s), to find where delivered/s stops following the rate.
+# store:  the store engines side by side in one run, each on a fresh pod: standalone with
+#         nothing kept (--history-memory 0, the baseline), standalone memory (the default),
+#         standalone disk (--durable, a fresh --data-dir) and NATS mode --durable
+#         (JetStream on nats-server $NATS_RELEASE). For each: the replay of 1,000 messages
+#         of 200 B (5 reconnects; not the baseline), then addressed traffic to STORE_USERS
+#         (default 1,000) users at each of STORE_RATES (default 1000 10000)/s for 10 s,
+#         published through the HTTP API on STORE_HTTP_CONNECTIONS (default 32) keep-alive
+#         connections (an answer waits until the message is kept): publish to delivery
+#         latency and publishes/s. Then 100,000 messages kept in memory (herald's RSS
+#         before and after) and on disk (the store directory's bytes per kept message).
+#         Last, the disk store's size every 5 s under steady traffic (STORE_GROWTH_RATE,
+#         default 2,000/s, for STORE_GROWTH_SECS, default 90) with --retention 20s: it
+#         must stop growing once retention is reached.
 #
 # peer:   herald against nats-server's own WebSocket listener, side by side in one run, both
 #         on nats-server $NATS_RELEASE (herald in NATS mode on a plain one, the peer serving
@@ -374,6 +387,101 @@ durablelimit() {
   js_summary
 }
 
+# store_pod ENGINE [extra herald args]: one fresh pod keeping messages with ENGINE (plain,
+# memory, disk, jetstream); sets STORE_DIR for disk.
+store_pod() {
+  local engine=$1; shift
+  local BUS=()
+  local args=(--api-key perf-key)
+  case "$engine" in
+    plain) args+=(--history-memory 0) ;;
+    memory) ;;
+    disk)
+      STORE_DIR="$WORK/data-$RANDOM"
+      mkdir -p "$STORE_DIR"
+      args+=(--durable --data-dir "$STORE_DIR")
+      ;;
+    jetstream)
+      BUS=(--nats-url "$NATS_JS")
+      args+=(--durable --subject-prefix hs)
+      ;;
+  esac
+  start_pods 1 "${args[@]}" "$@"
+}
+
+# rss_kib PID: resident set size in KiB.
+rss_kib() { ps -o rss= -p "$1" | tr -d ' '; }
+
+store() {
+  start_js_nats
+  local engine rate
+  for engine in plain memory disk jetstream; do
+    if [ "$engine" != plain ]; then
+      echo "== $engine: 1,000 messages of 200 B to one user, 5 reconnects with since="
+      store_pod "$engine"
+      # shellcheck disable=SC2046
+      "$LOAD" "${HUBS[@]}" --publish-http --api-key perf-key --jwt-secret "$SECRET" \
+        $(pid_args) --user-prefix "rp$engine" \
+        replay --messages 1000 --repeat 5 --payload-bytes 200 \
+        | sed "s/^{/{\"store\":\"$engine\",/" | record || true
+      herald_log_summary "$engine replay"
+      stop_pods
+    fi
+    for rate in ${STORE_RATES:-1000 10000}; do
+      echo "== $engine: ${STORE_USERS:-1000} users, addressed $rate/s for 10 s over HTTP"
+      store_pod "$engine"
+      wait_quiet
+      # shellcheck disable=SC2046
+      "$LOAD" "${HUBS[@]}" --publish-http --api-key perf-key --jwt-secret "$SECRET" \
+        --http-connections "${STORE_HTTP_CONNECTIONS:-32}" $(pid_args) \
+        --user-prefix "st$engine$rate-" \
+        addressed --users "${STORE_USERS:-1000}" --rate "$rate" --duration 10s \
+        | sed "s/^{/{\"store\":\"$engine\",/" | record || true
+      herald_log_summary "$engine, $rate/s"
+      stop_pods
+    done
+  done
+  echo "== 100,000 kept messages: herald RSS (memory) and bytes on disk (disk)"
+  for engine in memory disk; do
+    store_pod "$engine" --retention 1h
+    local before after kept bytes
+    before=$(rss_kib "${POD_PIDS[0]}")
+    "$LOAD" "${HUBS[@]}" --publish-http --api-key perf-key --jwt-secret "$SECRET" \
+      --user-prefix "kept$engine-" addressed --users 100 --rate 20000 --duration 5s >/dev/null || true
+    after=$(rss_kib "${POD_PIDS[0]}")
+    kept=$(metric herald_store_messages)
+    bytes=$(metric herald_store_bytes)
+    local disk_bytes=0
+    if [ "$engine" = disk ]; then disk_bytes=$(du -sb "$STORE_DIR" | cut -f1); fi
+    local disk_alloc=0
+    if [ "$engine" = disk ]; then disk_alloc=$(( $(du -sk "$STORE_DIR" | cut -f1) * 1024 )); fi
+    echo "   $engine: $kept kept; RSS $before -> $after KiB; store bytes $bytes; directory $disk_bytes B apparent, $disk_alloc B allocated"
+    printf '{"scenario":"store_kept","store":"%s","kept":%s,"rss_before_kib":%s,"rss_after_kib":%s,"store_bytes":%s,"dir_bytes":%s,"dir_allocated_bytes":%s}\n' \
+      "$engine" "$kept" "$before" "$after" "$bytes" "$disk_bytes" "$disk_alloc" | tee -a "$OUT"
+    stop_pods
+  done
+  local secs=${STORE_GROWTH_SECS:-90}
+  echo "== disk store size with --retention 20s under ${STORE_GROWTH_RATE:-2000}/s for $secs s"
+  store_pod disk --retention 20s
+  "$LOAD" "${HUBS[@]}" --publish-http --api-key perf-key --jwt-secret "$SECRET" \
+    --user-prefix growth- --timeout 60s \
+    addressed --users 100 --rate "${STORE_GROWTH_RATE:-2000}" --duration "${secs}s" \
+    >"$WORK/growth-load.txt" 2>&1 &
+  local loader=$! samples=()
+  for t in $(seq 0 5 "$secs"); do
+    local kib kept
+    kib=$(du -sk "$STORE_DIR" | cut -f1)
+    kept=$(metric herald_store_messages)
+    echo "   ${t} s: $kib KiB on disk, $kept kept"
+    samples+=("[$t,$kib,$kept]")
+    sleep 5
+  done
+  wait "$loader" || true
+  printf '{"scenario":"store_growth","rate":%s,"retention_s":20,"samples_s_kib_kept":[%s]}\n' \
+    "${STORE_GROWTH_RATE:-2000}" "$(IFS=,; echo "${samples[*]}")" | tee -a "$OUT"
+  stop_pods
+}
+
 # busy_percent: how busy the machine's CPUs were over the next second, in percent.
 busy_percent() {
   local a b c d e f g h A B C D E F G H
@@ -646,6 +754,7 @@ case "$MODE" in
   membound) membound ;;
   durable) durable ;;
   durablelimit) durablelimit ;;
+  store) store ;;
   peer) peer ;;
   sse) sse ;;
   soak) soak ;;

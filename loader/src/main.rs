@@ -21,6 +21,7 @@
 //! spread over 127.0.0.0/8 so one address's ephemeral ports never run out.
 
 mod conn;
+mod http_pub;
 mod nats_proto;
 mod report;
 mod scenarios;
@@ -105,6 +106,16 @@ pub struct Common {
     /// Slow consumers: each client sleeps this long after every message it reads (0 = none).
     #[arg(long, default_value_t = 0, global = true)]
     pub read_delay_ms: u64,
+    /// Publish user messages through the first hub's HTTP API (`POST /api/v1/publish`)
+    /// instead of NATS (addressed and replay scenarios): standalone hubs.
+    #[arg(long, global = true)]
+    pub publish_http: bool,
+    /// API key for `--publish-http`.
+    #[arg(long, env = "HERALD_API_KEY", global = true, hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Keep-alive connections publishing at once with `--publish-http` (addressed).
+    #[arg(long, default_value_t = 32, global = true)]
+    pub http_connections: usize,
     /// Give up waiting for deliveries after this long.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration, global = true)]
     pub timeout: Duration,

@@ -524,9 +524,7 @@ pub async fn addressed(
     let opened = open_all(c, users, c.concurrency, &shared).await;
     let mut r = Report::new("addressed");
     connection_figures(&mut r, users, &opened, &shared);
-    let nats = async_nats::connect(&c.nats_url)
-        .await
-        .context("connecting to NATS")?;
+    let publisher = Publisher::connect(c, c.http_connections).await?;
     let cpu = CpuWindow::start(c);
     let me = [std::process::id()];
     let loader_cpu_before = cpu_total(&me);
@@ -545,12 +543,15 @@ pub async fn addressed(
             let user = rng.random_range(0..opened.handles.len().max(1));
             let (_, _, name) = target(c, user);
             let payload = format!(r#"{{"t":{},"seq":{sent}}}"#, now_ns());
-            nats.publish(subjects.user(&name), payload.into()).await?;
+            publisher.user(&subjects, &name, payload).await?;
             sent += 1;
         }
     }
-    nats.flush().await?;
+    let refused = publisher.finish().await?;
     let publish_secs = started.elapsed().as_secs_f64();
+    if c.publish_http {
+        r.value("http_refused", refused);
+    }
     let complete = wait_for(&shared, c.timeout, |s| {
         s.deliveries.load(Ordering::Relaxed) >= sent as u64
     })
@@ -743,33 +744,50 @@ pub async fn replay(
         "replay is herald's durable mode over WebSocket (--proto herald --transport ws)"
     );
     let user = format!("{}r{}", c.user_prefix, now_ns() % 1_000_000_000);
-    let nats = async_nats::connect(&c.nats_url)
-        .await
-        .context("connecting to NATS")?;
-    let js = async_nats::jetstream::new(nats.clone());
-    let subject = herald_proto::Subjects::new(c.subject_prefix.clone()).user(&user);
+    let subjects = herald_proto::Subjects::new(c.subject_prefix.clone());
+    let subject = subjects.user(&user);
 
     // A live session gives the cursor of a marker message, the one before the others.
     let mut live = connect(c, 0, &user, None).await?;
     welcome_of(next_frame(&mut live, c.timeout).await?)?;
-    js.publish(subject.clone(), r#"{"marker":true}"#.into())
-        .await?
-        .await
-        .context("marker not stored (is herald durable, the stream there?)")?;
-    let (_, before) = message_of(next_frame(&mut live, c.timeout).await?)?;
-
     let published = Instant::now();
-    let mut acks = Vec::with_capacity(messages);
-    for seq in 0..messages {
-        acks.push(
-            js.publish(subject.clone(), padded_payload(seq, payload_bytes).into())
-                .await?,
-        );
-    }
-    for a in acks {
-        a.await.context("message not stored")?;
-    }
+    let how = if c.publish_http {
+        // One connection: the messages must be kept in publication order.
+        let publisher = Publisher::connect(c, 1).await?;
+        publisher
+            .user(&subjects, &user, r#"{"marker":true}"#.into())
+            .await?;
+        for seq in 0..messages {
+            publisher
+                .user(&subjects, &user, padded_payload(seq, payload_bytes))
+                .await?;
+        }
+        let refused = publisher.finish().await?;
+        anyhow::ensure!(refused == 0, "{refused} HTTP publishes refused");
+        "HTTP publish, answers awaited"
+    } else {
+        let nats = async_nats::connect(&c.nats_url)
+            .await
+            .context("connecting to NATS")?;
+        let js = async_nats::jetstream::new(nats.clone());
+        js.publish(subject.clone(), r#"{"marker":true}"#.into())
+            .await?
+            .await
+            .context("marker not stored (is herald durable, the stream there?)")?;
+        let mut acks = Vec::with_capacity(messages);
+        for seq in 0..messages {
+            acks.push(
+                js.publish(subject.clone(), padded_payload(seq, payload_bytes).into())
+                    .await?,
+            );
+        }
+        for a in acks {
+            a.await.context("message not stored")?;
+        }
+        "JetStream publish, acks awaited"
+    };
     let publish_ms = published.elapsed().as_secs_f64() * 1e3;
+    let (_, before) = message_of(next_frame(&mut live, c.timeout).await?)?;
     // The live session sees them too: then the pod is past them for certain.
     let mut last = before.clone();
     for want in 0..messages {
@@ -813,7 +831,7 @@ pub async fn replay(
         "messages",
         messages,
         format!(
-            "{messages} messages of {frame_bytes} B stored for {user} in {publish_ms:.1} ms (JetStream publish, acks awaited)"
+            "{messages} messages of {frame_bytes} B stored for {user} in {publish_ms:.1} ms ({how})"
         ),
     );
     r.value("payload_bytes", frame_bytes);
@@ -1306,4 +1324,53 @@ pub async fn soak(c: &Common, plan: SoakPlan) -> anyhow::Result<Report> {
         r.failed = true;
     }
     Ok(r)
+}
+
+/// Where user messages are published: NATS, or the hub's HTTP API (`--publish-http`).
+enum Publisher {
+    Nats(async_nats::Client),
+    Http(crate::http_pub::HttpPublisher),
+}
+
+impl Publisher {
+    async fn connect(c: &Common, http_connections: usize) -> anyhow::Result<Publisher> {
+        if c.publish_http {
+            let hub = *c.hubs.first().context("--publish-http needs a --hub")?;
+            let p = crate::http_pub::HttpPublisher::start(hub, c.api_key.clone(), http_connections)
+                .await?;
+            return Ok(Publisher::Http(p));
+        }
+        let nats = async_nats::connect(&c.nats_url)
+            .await
+            .context("connecting to NATS")?;
+        Ok(Publisher::Nats(nats))
+    }
+
+    /// Publish `payload` (JSON) to `user`.
+    async fn user(
+        &self,
+        subjects: &herald_proto::Subjects,
+        user: &str,
+        payload: String,
+    ) -> anyhow::Result<()> {
+        match self {
+            Publisher::Nats(n) => Ok(n.publish(subjects.user(user), payload.into()).await?),
+            Publisher::Http(h) => {
+                h.publish(format!(r#"{{"user":"{user}","data":{payload}}}"#))
+                    .await
+            }
+        }
+    }
+
+    /// Wait until everything published left (NATS) or was answered (HTTP); how many the
+    /// hub refused.
+    async fn finish(self) -> anyhow::Result<u64> {
+        match self {
+            Publisher::Nats(n) => {
+                n.flush().await?;
+                Ok(0)
+            }
+            Publisher::Http(h) => Ok(h.finish().await.failed.load(Ordering::Relaxed)),
+        }
+    }
 }
