@@ -36,9 +36,12 @@
 #         connections (an answer waits until the message is kept): publish to delivery
 #         latency and publishes/s. Then 100,000 messages kept in memory (herald's RSS
 #         before and after) and on disk (the store directory's bytes per kept message).
-#         Last, the disk store's size every 5 s under steady traffic (STORE_GROWTH_RATE,
-#         default 2,000/s, for STORE_GROWTH_SECS, default 90) with --retention 20s: it
-#         must stop growing once retention is reached.
+#         The baseline's RSS after the same publishes is the reference for the memory
+#         engine's. Then the disk store at STORE_LIMIT_RATES (default 20,000 and 30,000/s,
+#         64 connections): durable publishes/s. Last, the disk store's size every 5 s
+#         under steady traffic (STORE_GROWTH_RATE, default 5,000/s, for STORE_GROWTH_SECS,
+#         default 150) with --retention 20s: it must stop growing once retention is
+#         reached and the journal (capped at 64 MiB) is full.
 #
 # peer:   herald against nats-server's own WebSocket listener, side by side in one run, both
 #         on nats-server $NATS_RELEASE (herald in NATS mode on a plain one, the peer serving
@@ -442,7 +445,7 @@ store() {
     done
   done
   echo "== 100,000 kept messages: herald RSS (memory) and bytes on disk (disk)"
-  for engine in memory disk; do
+  for engine in plain memory disk; do
     store_pod "$engine" --retention 1h
     local before after kept bytes
     before=$(rss_kib "${POD_PIDS[0]}")
@@ -460,12 +463,23 @@ store() {
       "$engine" "$kept" "$before" "$after" "$bytes" "$disk_bytes" "$disk_alloc" | tee -a "$OUT"
     stop_pods
   done
-  local secs=${STORE_GROWTH_SECS:-90}
-  echo "== disk store size with --retention 20s under ${STORE_GROWTH_RATE:-2000}/s for $secs s"
+  for rate in ${STORE_LIMIT_RATES:-20000 30000}; do
+    echo "== disk: the most durable publishes/s: 1,000 users, $rate/s for 10 s over HTTP"
+    store_pod disk
+    wait_quiet
+    # shellcheck disable=SC2046
+    "$LOAD" "${HUBS[@]}" --publish-http --api-key perf-key --jwt-secret "$SECRET" \
+      --http-connections 64 $(pid_args) --user-prefix "lim$rate-" --timeout 60s \
+      addressed --users 1000 --rate "$rate" --duration 10s \
+      | sed "s/^{/{\"store\":\"disk-limit\",/" | record || true
+    stop_pods
+  done
+  local secs=${STORE_GROWTH_SECS:-150}
+  echo "== disk store size with --retention 20s under ${STORE_GROWTH_RATE:-5000}/s for $secs s"
   store_pod disk --retention 20s
   "$LOAD" "${HUBS[@]}" --publish-http --api-key perf-key --jwt-secret "$SECRET" \
     --user-prefix growth- --timeout 60s \
-    addressed --users 100 --rate "${STORE_GROWTH_RATE:-2000}" --duration "${secs}s" \
+    addressed --users 100 --rate "${STORE_GROWTH_RATE:-5000}" --duration "${secs}s" \
     >"$WORK/growth-load.txt" 2>&1 &
   local loader=$! samples=()
   for t in $(seq 0 5 "$secs"); do
@@ -478,7 +492,7 @@ store() {
   done
   wait "$loader" || true
   printf '{"scenario":"store_growth","rate":%s,"retention_s":20,"samples_s_kib_kept":[%s]}\n' \
-    "${STORE_GROWTH_RATE:-2000}" "$(IFS=,; echo "${samples[*]}")" | tee -a "$OUT"
+    "${STORE_GROWTH_RATE:-5000}" "$(IFS=,; echo "${samples[*]}")" | tee -a "$OUT"
   stop_pods
 }
 

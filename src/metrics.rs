@@ -248,7 +248,7 @@ impl Metrics {
         );
         registry.register(
             "store_bytes",
-            "Bytes the embedded store holds (memory engine: accounted bytes; disk: file size)",
+            "Bytes the embedded store holds (memory engine: accounted bytes; disk: allocated on disk, measured at most once a second)",
             m.store_bytes.clone(),
         );
         registry.register(

@@ -109,6 +109,10 @@ impl Drop for MemorySubscription {
 #[async_trait]
 impl Bus for MemoryBus {
     async fn publish(&self, msg: Outbound) -> Result<(), BusError> {
+        self.publish_now(msg)
+    }
+
+    fn publish_now(&self, msg: Outbound) -> Result<(), BusError> {
         let mut inner = self.lock();
         let mut targets: Vec<u64> = inner.exact.get(&msg.subject).cloned().unwrap_or_default();
         targets.extend(inner.wildcard.iter().copied().filter(|id| {

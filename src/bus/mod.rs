@@ -73,6 +73,8 @@ pub enum BusError {
     NoResponders,
     #[error("bus error: {0}")]
     Other(String),
+    #[error("the {0} bus cannot publish without waiting")]
+    Unsupported(&'static str),
 }
 
 /// What the hub needs from a message bus.
@@ -81,6 +83,12 @@ pub trait Bus: Send + Sync + 'static {
     /// Publish one message. Fails fast with `Disconnected` while the bus is unreachable,
     /// so callers can tell a client instead of losing its message silently.
     async fn publish(&self, msg: Outbound) -> Result<(), BusError>;
+    /// Publish without waiting, from any thread, where the engine can (the in-process
+    /// bus hands the message to its subscribers at once); `Unsupported` elsewhere.
+    fn publish_now(&self, msg: Outbound) -> Result<(), BusError> {
+        let _ = msg;
+        Err(BusError::Unsupported(self.engine()))
+    }
 
     /// Subscribe to a subject (wildcards allowed), optionally in a queue group. Resolves
     /// once the subscription is in place on the bus, so messages published after it

@@ -42,6 +42,9 @@ const MAX_BATCH: usize = 4096;
 const MAX_TRIM: usize = 20_000;
 /// fjall's block cache.
 const CACHE_BYTES: u64 = 32 << 20;
+/// Writes held in memory per keyspace before they go to a table (fjall's default is 64 MiB
+/// each): bounds the store's share of herald's memory.
+const MEMTABLE_BYTES: u64 = 8 << 20;
 /// Journal kept before fjall flushes it into tables (its default is 512 MiB): bounds the
 /// disk used beside the kept messages and the replay after a crash.
 const MAX_JOURNAL_BYTES: u64 = 64 << 20;
@@ -92,6 +95,9 @@ struct Writer {
     /// The store refuses writes after a failed one (it cannot tell what reached the
     /// disk); why, so every later answer says the same.
     failed: Option<StoreError>,
+    path: PathBuf,
+    /// When the size on disk was last measured (it walks the directory).
+    measured: Option<Instant>,
     metrics: Arc<Metrics>,
 }
 
@@ -152,10 +158,8 @@ impl DiskLog {
                 "the store was not closed cleanly: its journal was recovered to the last whole batch (a damaged or partly written tail is dropped)"
             );
         }
-        let open = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(fail)
-        };
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
+        let open = |name: &str| db.keyspace(name, options).map_err(fail);
         let spaces = Spaces {
             messages: open("messages")?,
             by_user: open("by_user")?,
@@ -181,6 +185,8 @@ impl DiskLog {
             last: last.clone(),
             dedup,
             failed: None,
+            path: path.clone(),
+            measured: None,
             metrics,
         };
         writer.gauges();
@@ -196,6 +202,26 @@ impl DiskLog {
             commands,
         })
     }
+}
+
+/// How often the store's size on disk is measured at most.
+const MEASURE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Bytes the files under `dir` take on disk: allocated blocks, not lengths (the journal is
+/// preallocated, and its unwritten part takes no space).
+fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => allocated_bytes(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// Bytes in the database's journal files (`<n>.jnl` in its directory).
@@ -410,13 +436,18 @@ impl Writer {
         })
     }
 
-    fn gauges(&self) {
+    fn gauges(&mut self) {
         let first = self.first.load(Ordering::Acquire);
         let last = self.last.load(Ordering::Acquire);
         self.metrics
             .store_messages
             .set(i64::try_from((last + 1).saturating_sub(first)).unwrap_or(i64::MAX));
-        if let Ok(bytes) = self.db.disk_space() {
+        if self
+            .measured
+            .is_none_or(|t| t.elapsed() >= MEASURE_INTERVAL)
+        {
+            self.measured = Some(Instant::now());
+            let bytes = allocated_bytes(&self.path);
             self.metrics
                 .store_bytes
                 .set(i64::try_from(bytes).unwrap_or(i64::MAX));

@@ -3,8 +3,8 @@
 //! order (the headers JetStream's RePublish would set), and the retention sweep.
 //!
 //! An engine is a [`Log`]: it assigns sequences, keeps records and answers reads. Its
-//! `append` calls `done` in sequence order, so the announcements leave in that order on
-//! one channel, read by one task that publishes them on the in-process bus.
+//! `append` calls `done` in sequence order, and `done` hands the announcement to the
+//! in-process bus right there, so they leave in that order.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use herald_proto::{Subjects, HEADER_DEVICE, HEADER_EVENT, HEADER_LAST_SEQUENCE, HEADER_MSG_ID};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::record::Record;
 use super::{stored_frame, Audience, Bounds, Read, Store, StoreError};
@@ -110,8 +110,24 @@ pub struct Embedded {
     log: Arc<dyn Log>,
     max_replay: u64,
     subjects: Subjects,
-    live: mpsc::UnboundedSender<Outbound>,
+    live: Announcer,
     metrics: Arc<Metrics>,
+}
+
+/// Hands each kept message to the bus at once, on the thread that kept it: the engines
+/// call back in sequence order (under the memory engine's lock, on the disk engine's
+/// writer thread), so announcements leave in that order with no task hop in between.
+#[derive(Clone)]
+struct Announcer {
+    bus: Arc<dyn Bus>,
+}
+
+impl Announcer {
+    fn send(&self, msg: Outbound) {
+        if let Err(e) = self.bus.publish_now(msg) {
+            tracing::warn!(error = %e, "a kept message was not announced live");
+        }
+    }
 }
 
 impl Embedded {
@@ -125,14 +141,7 @@ impl Embedded {
         max_replay: u64,
         metrics: Arc<Metrics>,
     ) -> Embedded {
-        let (live, mut announcements) = mpsc::unbounded_channel::<Outbound>();
-        actix::spawn(async move {
-            while let Some(msg) = announcements.recv().await {
-                if let Err(e) = bus.publish(msg).await {
-                    tracing::warn!(error = %e, "a kept message was not announced live");
-                }
-            }
-        });
+        let live = Announcer { bus };
         let sweep = log.clone();
         let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
         actix::spawn(async move {
@@ -245,7 +254,7 @@ impl Store for Embedded {
                             .push((herald_proto::HEADER_SEQUENCE.into(), a.seq.to_string()));
                         live.headers
                             .push((HEADER_LAST_SEQUENCE.into(), a.prev.to_string()));
-                        let _ = announce.send(live);
+                        announce.send(live);
                         metrics.store_appends.inc();
                     }
                     Ok(_) => {}
