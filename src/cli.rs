@@ -62,6 +62,17 @@ pub fn token(args: TokenArgs) -> ExitCode {
     }
 }
 
+/// What a publish printed: the id, the cursor when asked for, and with `--await` the
+/// receipt (None at the timeout).
+struct Published {
+    id: String,
+    cursor: Option<String>,
+    receipt: Option<Option<serde_json::Value>>,
+}
+
+/// Exit code of `herald publish --await` when no receipt came within the timeout.
+const NO_RECEIPT: u8 = 3;
+
 /// Publish one message through NATS or the HTTP API.
 pub fn publish(args: PublishArgs) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -75,13 +86,24 @@ pub fn publish(args: PublishArgs) -> ExitCode {
         }
     };
     match rt.block_on(publish_async(args)) {
-        Ok((id, cursor)) => {
-            // The id, and in durable mode the message's cursor on a second line.
-            println!("{id}");
-            if let Some(c) = cursor {
+        Ok(p) => {
+            // The id; the cursor on a second line when asked for; then the receipt.
+            println!("{}", p.id);
+            if let Some(c) = p.cursor {
                 println!("{c}");
             }
-            ExitCode::SUCCESS
+            match p.receipt {
+                None => ExitCode::SUCCESS,
+                Some(Some(r)) => {
+                    println!("{r}");
+                    ExitCode::SUCCESS
+                }
+                Some(None) => {
+                    println!("null");
+                    eprintln!("herald publish: no matching receipt within the timeout");
+                    ExitCode::from(NO_RECEIPT)
+                }
+            }
         }
         Err(e) => {
             eprintln!("herald publish: {e}");
@@ -90,11 +112,25 @@ pub fn publish(args: PublishArgs) -> ExitCode {
     }
 }
 
-async fn publish_async(args: PublishArgs) -> Result<(String, Option<String>), String> {
+async fn publish_async(args: PublishArgs) -> Result<Published, String> {
     let data = match serde_json::from_str::<Box<serde_json::value::RawValue>>(&args.data) {
         Ok(raw) => raw,
         Err(_) => serde_json::value::to_raw_value(&args.data).map_err(|e| e.to_string())?,
     };
+    let awaiting = args
+        .await_status
+        .as_ref()
+        .map(|status| crate::http::api::AwaitBody {
+            status: Some(status.clone()).filter(|s| !s.is_empty()),
+            device: args.await_device.clone(),
+            timeout_ms: Some(args.timeout.as_millis() as u64),
+        });
+    if let Some(a) = &awaiting {
+        if args.user.is_none() {
+            return Err("--await applies to --user messages only".into());
+        }
+        a.check()?;
+    }
     let body = PublishBody {
         user: args.user,
         broadcast: args.broadcast,
@@ -103,6 +139,7 @@ async fn publish_async(args: PublishArgs) -> Result<(String, Option<String>), St
         data: Some(data),
         id: args.id,
         device: args.device,
+        await_receipt: awaiting.clone(),
     };
     if let Some(base) = args.http {
         let api_key = crate::config::secret_from(
@@ -111,10 +148,13 @@ async fn publish_async(args: PublishArgs) -> Result<(String, Option<String>), St
             "--api-key",
             "--api-key-file",
         )?;
+        let mut p = publish_http(&base, api_key.as_ref().map(|k| k.expose()), &body).await?;
         // The cursor is printed when asked for (`--durable`), as over NATS: scripts that
         // read one line (the id) keep working where the hub keeps messages by default.
-        let (id, cursor) = publish_http(&base, api_key.as_ref().map(|k| k.expose()), &body).await?;
-        return Ok((id, cursor.filter(|_| args.durable)));
+        if !args.durable {
+            p.cursor = None;
+        }
+        return Ok(p);
     }
     if args.nats_url.is_empty() {
         return Err("give --nats-url (HERALD_NATS_URL) or --http URL".into());
@@ -142,7 +182,18 @@ async fn publish_async(args: PublishArgs) -> Result<(String, Option<String>), St
             crate::bus::nats::redact_urls(&args.nats_url)
         ));
     }
-    if args.durable && subjects.user_of(&msg.subject).is_some() {
+    // Subscribed before publishing, so the receipt cannot come too early.
+    let receipts = match (&awaiting, subjects.user_of(&msg.subject)) {
+        (Some(a), Some(user)) => {
+            let sub = bus
+                .subscribe(subjects.receipts(user), None)
+                .await
+                .map_err(|e| format!("subscribing to the user's receipts: {e}"))?;
+            Some((sub, a.check()?))
+        }
+        _ => None,
+    };
+    let cursor = if args.durable && subjects.user_of(&msg.subject).is_some() {
         let cursor = crate::store::jetstream::publish_once(
             bus.client(),
             &subjects,
@@ -152,11 +203,38 @@ async fn publish_async(args: PublishArgs) -> Result<(String, Option<String>), St
         )
         .await
         .map_err(|e| e.to_string())?;
-        return Ok((id, Some(cursor)));
-    }
-    bus.publish(msg).await.map_err(|e| e.to_string())?;
-    bus.flush().await;
-    Ok((id, None))
+        Some(cursor)
+    } else {
+        bus.publish(msg).await.map_err(|e| e.to_string())?;
+        bus.flush().await;
+        None
+    };
+    let receipt = match receipts {
+        None => None,
+        Some((mut sub, (wanted, timeout))) => Some(
+            tokio::time::timeout(timeout, async {
+                use futures_util::StreamExt;
+                while let Some(m) = sub.next().await {
+                    let Ok(r) = serde_json::from_slice::<herald_proto::events::Receipt>(&m.payload)
+                    else {
+                        continue;
+                    };
+                    if r.id == id && wanted.matches(&r) {
+                        return serde_json::to_value(&r).ok();
+                    }
+                }
+                None
+            })
+            .await
+            .ok()
+            .flatten(),
+        ),
+    };
+    Ok(Published {
+        id,
+        cursor,
+        receipt,
+    })
 }
 
 /// A minimal HTTP/1.1 POST over a plain TCP connection: the CLI talks to a herald on the
@@ -165,7 +243,7 @@ async fn publish_http(
     base: &str,
     api_key: Option<&str>,
     body: &PublishBody,
-) -> Result<(String, Option<String>), String> {
+) -> Result<Published, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = base
         .strip_prefix("http://")
@@ -173,7 +251,7 @@ async fn publish_http(
     let host = rest.split('/').next().unwrap_or(rest);
     let json = serde_json::json!({
         "user": body.user, "broadcast": body.broadcast, "topic": body.topic, "event": body.event,
-        "data": body.data, "id": body.id, "device": body.device,
+        "data": body.data, "id": body.id, "device": body.device, "await": body.await_receipt,
     });
     let mut obj = json.as_object().cloned().unwrap_or_default();
     obj.retain(|_, v| !v.is_null() && *v != serde_json::Value::Bool(false));
@@ -203,15 +281,19 @@ async fn publish_http(
         .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&response);
     let status = text.split_whitespace().nth(1).unwrap_or("");
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    if status != "202" {
-        return Err(format!("HTTP {status}: {}", body.trim()));
+    let body_text = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    if status != "202" && status != "200" {
+        return Err(format!("HTTP {status}: {}", body_text.trim()));
     }
     let v: serde_json::Value =
-        serde_json::from_slice(Bytes::copy_from_slice(body.as_bytes()).as_ref())
+        serde_json::from_slice(Bytes::copy_from_slice(body_text.as_bytes()).as_ref())
             .map_err(|e| e.to_string())?;
-    Ok((
-        v["id"].as_str().unwrap_or_default().to_string(),
-        v["cursor"].as_str().map(str::to_string),
-    ))
+    Ok(Published {
+        id: v["id"].as_str().unwrap_or_default().to_string(),
+        cursor: v["cursor"].as_str().map(str::to_string),
+        receipt: body
+            .await_receipt
+            .as_ref()
+            .map(|_| Some(v["receipt"].clone()).filter(|r| !r.is_null())),
+    })
 }

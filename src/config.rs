@@ -286,10 +286,20 @@ pub struct PublishArgs {
     /// Publish through the HTTP API of this herald instead of NATS.
     #[arg(long)]
     pub http: Option<String>,
-    /// Over NATS: publish a user message through JetStream to the durable stream and
-    /// print its cursor (the HTTP API does this by itself in durable mode).
+    /// Print the message's cursor on a second line: over NATS, publish a user message
+    /// through JetStream to the durable stream; over HTTP, the cursor of the answer.
     #[arg(long, env = "HERALD_DURABLE", default_value_t = false)]
     pub durable: bool,
+    /// Wait for a delivery receipt of this status (any status when given without one)
+    /// and print it; exit 3 when none came within --timeout.
+    #[arg(long = "await", value_name = "STATUS", num_args = 0..=1, default_missing_value = "")]
+    pub await_status: Option<String>,
+    /// With --await: only a receipt from this device counts.
+    #[arg(long)]
+    pub await_device: Option<String>,
+    /// With --await: how long to wait for the receipt (at most 60s).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub timeout: Duration,
     #[arg(
         long,
         env = "HERALD_NATS_URL",

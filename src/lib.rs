@@ -17,6 +17,7 @@
 //!   for kept messages and its engines (JetStream, disk, memory), cursors and live feeds.
 //! - [`auth`]: token extraction and JWT verification; [`ids`]: validated ids;
 //!   [`percent`]: percent-decoding of query strings and NATS URL user info.
+//! - [`receipts`]: HTTP publishes waiting for delivery receipts, one subscription a pod.
 //! - [`message`]: a published message and its frame, encoded once; [`dedup`]: recent
 //!   message ids, so a re-published `Nats-Msg-Id` is delivered once.
 //! - [`http`]: routes and handlers; the transports, one module per wire format
@@ -42,6 +43,7 @@ pub mod message;
 pub mod metrics;
 pub mod origin;
 pub mod percent;
+pub mod receipts;
 pub mod registry;
 pub mod server;
 pub mod session;

@@ -54,6 +54,15 @@ pub struct TransportLabels {
     pub transport: &'static str,
 }
 
+/// Outcomes of an HTTP publish that waited for a receipt.
+pub const AWAIT_ANSWERED: &str = "answered";
+pub const AWAIT_TIMED_OUT: &str = "timed_out";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
@@ -95,6 +104,11 @@ pub struct Metrics {
     pub store_evicted_retention: Counter,
     pub store_evicted_memory: Counter,
     pub store_commit_seconds: Histogram,
+    /// Delivery receipts (§5c): acks published, HTTP publishes waiting for one, and how
+    /// those waits ended (`answered`, `timed_out`).
+    pub receipts: Counter,
+    pub awaits_pending: Gauge,
+    pub awaits: Family<OutcomeLabels, Counter>,
 }
 
 /// The JWKS key cache's health (`--jwt-jwks-url`).
@@ -162,6 +176,9 @@ impl Metrics {
             store_evicted_memory: Counter::default(),
             // 50 µs .. ~1.6 s
             store_commit_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            receipts: Counter::default(),
+            awaits_pending: Gauge::default(),
+            awaits: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -276,6 +293,24 @@ impl Metrics {
             "Time of one disk store write transaction, fsync included",
             m.store_commit_seconds.clone(),
         );
+        registry.register(
+            "receipts",
+            "Delivery receipts published: acks sent by this pod's sessions",
+            m.receipts.clone(),
+        );
+        registry.register(
+            "awaits_pending",
+            "HTTP publishes on this pod waiting for a delivery receipt",
+            m.awaits_pending.clone(),
+        );
+        registry.register(
+            "awaits",
+            "HTTP publishes that waited for a receipt, by outcome (answered, timed_out)",
+            m.awaits.clone(),
+        );
+        for outcome in [AWAIT_ANSWERED, AWAIT_TIMED_OUT] {
+            let _ = m.awaits.get_or_create(&OutcomeLabels { outcome });
+        }
         let jwks = jwks();
         registry.register(
             "jwks_stale",

@@ -144,6 +144,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
         allowed_origins: config.allowed_origins.clone(),
         discovered: Arc::new(AtomicBool::new(config.standalone())),
         durable: durable.clone(),
+        receipts: crate::receipts::Receipts::new(bus.clone(), subjects.clone(), metrics.clone()),
     });
     if config.api_key.is_none() && !local.ip().is_loopback() {
         tracing::warn!("no API key configured: /api/v1 answers 401 (set --api-key)");

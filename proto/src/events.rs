@@ -1,5 +1,6 @@
 //! JSON events herald publishes for services: session presence and pod lifecycle (§3),
-//! and the presence answer shared by request/reply and the HTTP API.
+//! delivery receipts (§5c), and the presence answer shared by request/reply and the HTTP
+//! API.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +17,21 @@ pub struct PresenceEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// RFC 3339 time of the event.
+    pub at: String,
+}
+
+/// Published on `<prefix>.receipts.<user>` for every `ack` a session of the user sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The acknowledged message's id.
+    pub id: String,
+    pub user: String,
+    pub session: String,
+    pub device: Option<String>,
+    pub pod: String,
+    /// What the application did with it (`received`, `printed`, …).
+    pub status: String,
+    /// RFC 3339 time of the ack.
     pub at: String,
 }
 

@@ -135,6 +135,23 @@ pub enum ClientFrame {
     Refresh {
         token: Token,
     },
+    /// A delivery receipt for a message the session received (§5c).
+    Ack {
+        id: String,
+        status: String,
+    },
+}
+
+/// The status of an `ack` without one.
+pub const DEFAULT_ACK_STATUS: &str = "received";
+/// Longest message id an `ack` may name (the HTTP publish's `id` limit).
+pub const MAX_ACK_ID_BYTES: usize = 256;
+
+/// Whether `s` is a receipt status: 1 to 32 bytes of `a-z 0-9 _ -`.
+pub fn is_valid_status(s: &str) -> bool {
+    (1..=32).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// Token text from a client frame. Its `Debug` form hides it, so a frame printed in a log
@@ -154,9 +171,20 @@ impl std::fmt::Debug for Token {
     }
 }
 
-/// Why a client frame was refused; the text is safe to show the client.
+/// Why a client frame was refused; the text is safe to show the client. `code` is the
+/// error frame's code (`bad_frame`, or `bad_ack` for an `ack` that is not one).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FrameError(pub String);
+pub struct FrameError(pub String, pub &'static str);
+
+impl FrameError {
+    fn bad(why: impl Into<String>) -> FrameError {
+        FrameError(why.into(), error_code::BAD_FRAME)
+    }
+
+    fn bad_ack(why: impl Into<String>) -> FrameError {
+        FrameError(why.into(), error_code::BAD_ACK)
+    }
+}
 
 impl std::fmt::Display for FrameError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -180,15 +208,20 @@ struct FlatClientFrame {
     topic: Option<String>,
     #[serde(default)]
     token: Option<String>,
+    // Any JSON here: a wrong type is a `bad_ack`, not an unreadable frame.
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    #[serde(default)]
+    status: Option<serde_json::Value>,
 }
 
 impl ClientFrame {
     /// Parse one text frame.
     pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         let flat: FlatClientFrame = serde_json::from_str(text)
-            .map_err(|_| FrameError("frame is not a JSON object with a \"type\"".into()))?;
+            .map_err(|_| FrameError::bad("frame is not a JSON object with a \"type\""))?;
         let topic = |t: Option<String>| {
-            t.ok_or_else(|| FrameError(format!("{} needs a \"topic\"", flat.kind)))
+            t.ok_or_else(|| FrameError::bad(format!("{} needs a \"topic\"", flat.kind)))
         };
         match flat.kind.as_str() {
             "ping" => Ok(ClientFrame::Ping),
@@ -205,15 +238,43 @@ impl ClientFrame {
             "refresh" => Ok(ClientFrame::Refresh {
                 token: Token(
                     flat.token
-                        .ok_or_else(|| FrameError("refresh needs a \"token\"".into()))?,
+                        .ok_or_else(|| FrameError::bad("refresh needs a \"token\""))?,
                 ),
             }),
-            other => Err(FrameError(format!(
+            "ack" => ack(flat.id, flat.status),
+            other => Err(FrameError::bad(format!(
                 "unknown frame type {:?}",
                 other.chars().take(32).collect::<String>()
             ))),
         }
     }
+}
+
+fn ack(
+    id: Option<serde_json::Value>,
+    status: Option<serde_json::Value>,
+) -> Result<ClientFrame, FrameError> {
+    let id = match id {
+        Some(serde_json::Value::String(id)) if !id.is_empty() && id.len() <= MAX_ACK_ID_BYTES => id,
+        Some(serde_json::Value::String(_)) => {
+            return Err(FrameError::bad_ack(format!(
+                "ack: \"id\" must be 1 to {MAX_ACK_ID_BYTES} bytes"
+            )))
+        }
+        Some(_) => return Err(FrameError::bad_ack("ack: \"id\" must be a string")),
+        None => return Err(FrameError::bad_ack("ack needs the message's \"id\"")),
+    };
+    let status = match status {
+        None | Some(serde_json::Value::Null) => DEFAULT_ACK_STATUS.to_string(),
+        Some(serde_json::Value::String(s)) if is_valid_status(&s) => s,
+        Some(serde_json::Value::String(_)) => {
+            return Err(FrameError::bad_ack(
+                "ack: \"status\" must be 1 to 32 bytes of a-z 0-9 _ -",
+            ))
+        }
+        Some(_) => return Err(FrameError::bad_ack("ack: \"status\" must be a string")),
+    };
+    Ok(ClientFrame::Ack { id, status })
 }
 
 /// Error codes carried by `error` frames.
@@ -226,6 +287,8 @@ pub mod error_code {
     pub const UNAVAILABLE: &str = "unavailable";
     /// A `refresh` token that failed verification, or is for another user or device.
     pub const BAD_TOKEN: &str = "bad_token";
+    /// An `ack` without an id, with a bad status, or with fields of the wrong type.
+    pub const BAD_ACK: &str = "bad_ack";
 }
 
 #[cfg(test)]
@@ -274,6 +337,36 @@ mod tests {
             ClientFrame::parse(r#"{"type":"subscribe","topic":"a.b"}"#),
             Ok(ClientFrame::Subscribe { topic }) if topic == "a.b"
         ));
+    }
+
+    #[test]
+    fn acks_are_validated_with_their_own_error_code() {
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"ack","id":"m1","status":"printed"}"#),
+            Ok(ClientFrame::Ack { id, status }) if id == "m1" && status == "printed"
+        ));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"ack","id":"m1"}"#),
+            Ok(ClientFrame::Ack { id, status }) if id == "m1" && status == DEFAULT_ACK_STATUS
+        ));
+        for bad in [
+            r#"{"type":"ack"}"#,
+            r#"{"type":"ack","id":""}"#,
+            r#"{"type":"ack","id":7}"#,
+            r#"{"type":"ack","id":"m1","status":"Printed"}"#,
+            r#"{"type":"ack","id":"m1","status":""}"#,
+            r#"{"type":"ack","id":"m1","status":["x"]}"#,
+            r#"{"type":"ack","id":"m1","status":"0123456789012345678901234567890123"}"#,
+        ] {
+            let e = ClientFrame::parse(bad).expect_err(bad);
+            assert_eq!(e.1, error_code::BAD_ACK, "{bad}");
+        }
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"nope"}"#)
+                .map(|_| ())
+                .map_err(|e| e.1),
+            Err(error_code::BAD_FRAME)
+        );
     }
 
     #[test]

@@ -71,6 +71,24 @@ impl Subjects {
         format!("{}.up.{user}", self.prefix)
     }
 
+    /// `<prefix>.receipts.<id>`: delivery receipts of the user's sessions (§5c).
+    pub fn receipts(&self, user: &str) -> String {
+        format!("{}.receipts.{user}", self.prefix)
+    }
+
+    /// `<prefix>.receipts.>`: every user's receipts (one subscription per pod that awaits).
+    pub fn receipts_any(&self) -> String {
+        format!("{}.receipts.>", self.prefix)
+    }
+
+    /// The user of a `<prefix>.receipts.<id>` subject.
+    pub fn receipts_user_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".receipts.")
+            .filter(|u| !u.is_empty() && !u.contains('.'))
+    }
+
     /// `<prefix>.events.presence.<id>`: session connect/disconnect events.
     pub fn presence_event(&self, user: &str) -> String {
         format!("{}.events.presence.{user}", self.prefix)

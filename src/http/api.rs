@@ -77,6 +77,64 @@ pub struct PublishBody {
     pub data: Option<Box<RawValue>>,
     pub id: Option<String>,
     pub device: Option<String>,
+    /// Wait for a delivery receipt before answering (§5c); user messages only.
+    #[serde(rename = "await", default)]
+    pub await_receipt: Option<AwaitBody>,
+}
+
+/// The `await` object of a publish.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwaitBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Why a publish body was refused, naming `await` when that is what is wrong (serde's own
+/// message gives only a position).
+fn publish_body_problem(body: &[u8], e: serde_json::Error) -> String {
+    let awaiting = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|mut v| v.get_mut("await").map(serde_json::Value::take));
+    if let Some(a) = awaiting {
+        if let Err(e) = serde_json::from_value::<AwaitBody>(a) {
+            return format!("await: {e} (an object with optional status, device, timeout_ms)");
+        }
+    }
+    format!("body is not a valid publish request: {e}")
+}
+
+/// How long a publish waits for a receipt without `timeout_ms`.
+pub const DEFAULT_AWAIT_MS: u64 = 10_000;
+
+impl AwaitBody {
+    /// What to wait for, and how long; a reason when the object is not valid.
+    pub fn check(&self) -> Result<(crate::receipts::Wanted, std::time::Duration), String> {
+        if let Some(s) = &self.status {
+            if !herald_proto::frame::is_valid_status(s) {
+                return Err("await.status: 1 to 32 bytes of a-z 0-9 _ -".into());
+            }
+        }
+        if let Some(d) = &self.device {
+            DeviceId::parse(d).map_err(|e| format!("await.device: {e}"))?;
+        }
+        let max = crate::receipts::MAX_AWAIT.as_millis() as u64;
+        let ms = self.timeout_ms.unwrap_or(DEFAULT_AWAIT_MS);
+        if ms == 0 || ms > max {
+            return Err(format!("await.timeout_ms: 1 to {max}"));
+        }
+        Ok((
+            crate::receipts::Wanted {
+                status: self.status.clone(),
+                device: self.device.clone(),
+            },
+            std::time::Duration::from_millis(ms),
+        ))
+    }
 }
 
 /// Turn a publish body into the bus message a service would have sent over NATS.
@@ -132,26 +190,60 @@ pub async fn publish(req: HttpRequest, body: Bytes, state: web::Data<AppState>) 
     }
     let body: PublishBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
-        Err(e) => return bad_request(format!("body is not a valid publish request: {e}")),
+        Err(e) => return bad_request(publish_body_problem(&body, e)),
+    };
+    let awaiting = match &body.await_receipt {
+        None => None,
+        Some(_) if body.user.is_none() => {
+            return bad_request("await applies to user messages only")
+        }
+        Some(a) => match a.check() {
+            Ok(w) => Some(w),
+            Err(e) => return bad_request(e),
+        },
     };
     let (id, msg) = match publish_message(body, &state.cluster.subjects) {
         Ok(m) => m,
         Err(e) => return bad_request(e),
     };
-    if let Some(durable) = &state.durable {
-        if state.cluster.subjects.user_of(&msg.subject).is_some() {
-            // Stored first (the stream republishes it to the pods), so the answer can
-            // carry the cursor; a message the stream did not take is not delivered.
-            return match durable.publish(msg).await {
-                Ok(seq) => HttpResponse::Accepted()
-                    .json(serde_json::json!({ "id": id, "cursor": durable.cursor(seq) })),
-                Err(e) => unavailable(e),
-            };
+    // Registered before the message is published: its receipt cannot come too early.
+    let wait = match (&awaiting, state.cluster.subjects.user_of(&msg.subject)) {
+        (Some((wanted, timeout)), Some(user)) => {
+            if let Err(e) = state.receipts.listen().await {
+                return unavailable(format!("cannot listen for receipts: {e}"));
+            }
+            Some((state.receipts.register(user, &id, wanted.clone()), *timeout))
+        }
+        _ => None,
+    };
+    let mut answer = serde_json::json!({ "id": id });
+    match &state.durable {
+        Some(durable) if state.cluster.subjects.user_of(&msg.subject).is_some() => {
+            // Kept first (the store announces it to the pods), so the answer can carry
+            // the cursor; a message the store did not take is not delivered.
+            match durable.publish(msg).await {
+                Ok(seq) => answer["cursor"] = durable.cursor(seq).into(),
+                Err(e) => return unavailable(e),
+            }
+        }
+        _ => {
+            if let Err(e) = state.bus.publish(msg).await {
+                return unavailable(e);
+            }
         }
     }
-    match state.bus.publish(msg).await {
-        Ok(()) => HttpResponse::Accepted().json(serde_json::json!({ "id": id })),
-        Err(e) => unavailable(e),
+    let Some((wait, timeout)) = wait else {
+        return HttpResponse::Accepted().json(answer);
+    };
+    match wait.receipt(timeout).await {
+        Some(r) => {
+            answer["receipt"] = serde_json::to_value(&r).unwrap_or_default();
+            HttpResponse::Ok().json(answer)
+        }
+        None => {
+            answer["receipt"] = serde_json::Value::Null;
+            HttpResponse::Accepted().json(answer)
+        }
     }
 }
 

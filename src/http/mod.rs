@@ -42,6 +42,8 @@ pub struct AppState {
     pub durable: Option<Arc<dyn crate::store::Store>>,
     /// Origins allowed besides same-origin.
     pub allowed_origins: crate::origin::AllowedOrigins,
+    /// HTTP publishes waiting for delivery receipts.
+    pub receipts: Arc<crate::receipts::Receipts>,
 }
 
 impl AppState {

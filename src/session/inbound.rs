@@ -1,5 +1,6 @@
-//! Client frames of a session: ping, publish (to `<prefix>.up.<userId>`), subscribe and
-//! unsubscribe (`refresh` is in `refresh.rs`), with the bad-frame budget. (The upstream rate limit is checked before a
+//! Client frames of a session: ping, publish (to `<prefix>.up.<userId>`), ack (a receipt
+//! on `<prefix>.receipts.<userId>`), subscribe and unsubscribe (`refresh` is in
+//! `refresh.rs`), with the bad-frame budget. (The upstream rate limit is checked before a
 //! frame gets here, for WebSocket pings too.)
 
 use actix::prelude::*;
@@ -28,6 +29,11 @@ impl Session {
                 }
             }
             Ok(ClientFrame::Refresh { token }) => self.refresh(token, ctx),
+            Ok(ClientFrame::Ack { id, status }) => self.ack(id, status, ctx),
+            // A bad ack changes nothing: an error frame, not a step towards 1008.
+            Err(e) if e.1 == error_code::BAD_ACK => {
+                self.send_frame(&ServerFrame::error(error_code::BAD_ACK, &e.0), ctx)
+            }
             Err(e) => self.bad_frame(&e.0, ctx),
         }
     }
@@ -68,6 +74,46 @@ impl Session {
         } else {
             self.send_frame(&ServerFrame::error(error_code::BAD_FRAME, why), ctx);
         }
+    }
+
+    /// A delivery receipt: published once on `<prefix>.receipts.<user>`. The session can
+    /// only speak for its own user; an id it never got is published all the same (a
+    /// receipt names the session and device that sent it, so it cannot pass for another's).
+    fn ack(&mut self, id: String, status: String, ctx: &mut Context<Self>) {
+        let shared = &self.shared;
+        let user = self.identity.user.as_str();
+        let receipt = herald_proto::events::Receipt {
+            id,
+            user: user.to_string(),
+            session: self.id.to_string(),
+            device: self.identity.device.as_ref().map(ToString::to_string),
+            pod: shared.pod.clone(),
+            status,
+            at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        };
+        let payload = match serde_json::to_vec(&receipt) {
+            Ok(p) => Bytes::from(p),
+            Err(_) => return,
+        };
+        shared.metrics.receipts.inc();
+        let msg = Outbound::new(shared.subjects.receipts(user), payload);
+        let bus = shared.bus.clone();
+        ctx.spawn(
+            async move { bus.publish(msg).await }
+                .into_actor(self)
+                .map(|res, act, ctx| {
+                    if let Err(e) = res {
+                        tracing::debug!(session = %act.id, error = %e, "receipt not published");
+                        act.send_frame(
+                            &ServerFrame::error(
+                                error_code::UNAVAILABLE,
+                                "receipt not published: the bus is unavailable",
+                            ),
+                            ctx,
+                        );
+                    }
+                }),
+        );
     }
 
     fn publish_upstream(
