@@ -68,6 +68,7 @@ async fn pod_with_sessions(n: usize) -> Pod {
         pod: "bench".into(),
         limits,
         auth: Arc::new(herald::auth::AuthConfig::Unsigned),
+        store: None,
     });
     let written = Arc::new(AtomicU64::new(0));
     for i in 0..n {

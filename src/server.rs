@@ -138,6 +138,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
             pod: pod.clone(),
             limits: config.session,
             auth: Arc::new(config.auth.clone()),
+            store: durable.clone(),
         }),
         draining: draining.clone(),
         next_session: AtomicU64::new(session_id_seed()),
@@ -296,14 +297,15 @@ fn embedded_store(
         }
         _ => return Ok(None),
     };
-    Ok(Some(Arc::new(Embedded::start(
+    let store: Arc<dyn Store> = Arc::new(Embedded::start(
         log,
         bus.clone(),
         subjects.clone(),
         retention,
         max_replay,
         metrics.clone(),
-    ))))
+    ));
+    Ok(Some(store))
 }
 
 /// The listening socket, with the accept backlog applied (std's `TcpListener::bind` always

@@ -88,6 +88,7 @@ for_every_engine!(
     retention_drops_messages_and_the_cursors_before_them,
     foreign_ahead_and_garbage_cursors_never_recover,
     history_pages_oldest_first,
+    receipts_are_kept_beside_their_messages_and_unacked_pages,
 );
 
 async fn publish_answers_and_frames_carry_one_cursor(engine: Engine) {
@@ -297,4 +298,82 @@ async fn history_pages_oldest_first(engine: Engine) {
     assert_eq!(ns(&history_messages(&h)), vec![100], "per user: {h}");
     let (status, body) = get_text(&k.hub, "/api/v1/history/u1?limit=0", Some(API_KEY)).await;
     assert_eq!(status, 400, "{engine:?}: {body}");
+}
+
+async fn ack(ws: &mut Ws, id: &str, status: &str) {
+    send_text(
+        ws,
+        &serde_json::json!({"type": "ack", "id": id, "status": status}).to_string(),
+    )
+    .await;
+}
+
+async fn receipts_are_kept_beside_their_messages_and_unacked_pages(engine: Engine) {
+    let k = start(engine, &[]).await;
+    let (mut ws, _) = connect(&url(&k.hub, "u1", "&device=pos")).await;
+    for n in 1..=4 {
+        let (status, v) = k
+            .hub
+            .publish(serde_json::json!({"user": "u1", "id": format!("o{n}"), "data": {"n": n}}))
+            .await;
+        assert_eq!(status, 202, "{v}");
+    }
+    read_messages(&mut ws, 4).await;
+    ack(&mut ws, "o1", "printed").await;
+    ack(&mut ws, "o2", "received").await;
+    ack(&mut ws, "o2", "printed").await;
+    ack(&mut ws, "o3", "received").await;
+    // Not a kept message: published, not kept, harmless.
+    ack(&mut ws, "never-published", "printed").await;
+    let h = k
+        .hub
+        .wait_json("/api/v1/history/u1", WAIT, |v| {
+            v["messages"].as_array().is_some_and(|m| {
+                m.len() == 4
+                    && m[2]["receipts"].as_array().is_some_and(|r| r.len() == 1)
+                    && m[1]["receipts"].as_array().is_some_and(|r| r.len() == 2)
+            })
+        })
+        .await;
+    assert_eq!(
+        history_receipts(&h),
+        vec![
+            vec!["printed".to_string()],
+            vec!["received".into(), "printed".into()],
+            vec!["received".into()],
+            vec![],
+        ],
+        "{engine:?}: {h}"
+    );
+    let r = &h["messages"][0]["receipts"][0];
+    assert_eq!(r["device"], "pos", "{r}");
+    assert!(
+        r["session"].as_str().is_some() && r["at"].as_str().is_some(),
+        "{r}"
+    );
+
+    let h = history(&k.hub, "u1", "?unacked=printed").await;
+    assert_eq!(ns(&history_messages(&h)), vec![3, 4], "{engine:?}: {h}");
+    assert_eq!(h["more"], false);
+    let h = history(&k.hub, "u1", "?unacked=received&limit=1").await;
+    assert_eq!(ns(&history_messages(&h)), vec![1], "{engine:?}: {h}");
+    assert_eq!(h["more"], true, "{h}");
+    let next = h["cursor"].as_str().expect("cursor").to_string();
+    let h = history(&k.hub, "u1", &format!("?unacked=received&since={next}")).await;
+    assert_eq!(ns(&history_messages(&h)), vec![4], "{engine:?}: {h}");
+    assert_eq!(h["more"], false, "{h}");
+    // From another device, nothing was acknowledged.
+    let h = history(&k.hub, "u1", "?unacked=printed&device=till").await;
+    assert_eq!(
+        ns(&history_messages(&h)),
+        vec![1, 2, 3, 4],
+        "{engine:?}: {h}"
+    );
+    let (status, body) = get_text(
+        &k.hub,
+        "/api/v1/history/u1?unacked=NOT-A-STATUS",
+        Some(API_KEY),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
 }

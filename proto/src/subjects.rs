@@ -76,6 +76,12 @@ impl Subjects {
         format!("{}.receipts.{user}", self.prefix)
     }
 
+    /// `<prefix>.user.<id>.receipts`: where the JetStream store keeps the user's receipts,
+    /// inside the stream of `<prefix>.user.>`, under a subject no session listens to.
+    pub fn kept_receipts(&self, user: &str) -> String {
+        format!("{}.user.{user}.receipts", self.prefix)
+    }
+
     /// `<prefix>.receipts.>`: every user's receipts (one subscription per pod that awaits).
     pub fn receipts_any(&self) -> String {
         format!("{}.receipts.>", self.prefix)

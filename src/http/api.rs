@@ -17,17 +17,19 @@ use super::AppState;
 use crate::bus::Outbound;
 use crate::ids::{DeviceId, UserId};
 use crate::message::new_message_id;
-use crate::store::Audience;
 
-fn error(status: actix_web::http::StatusCode, message: impl Into<String>) -> HttpResponse {
+pub(super) fn error(
+    status: actix_web::http::StatusCode,
+    message: impl Into<String>,
+) -> HttpResponse {
     HttpResponse::build(status).json(serde_json::json!({ "error": message.into() }))
 }
 
-fn bad_request(message: impl Into<String>) -> HttpResponse {
+pub(super) fn bad_request(message: impl Into<String>) -> HttpResponse {
     error(actix_web::http::StatusCode::BAD_REQUEST, message)
 }
 
-fn unavailable(e: impl std::fmt::Display) -> HttpResponse {
+pub(super) fn unavailable(e: impl std::fmt::Display) -> HttpResponse {
     error(
         actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
         e.to_string(),
@@ -247,83 +249,8 @@ pub async fn publish(req: HttpRequest, body: Bytes, state: web::Data<AppState>) 
     }
 }
 
-#[derive(Debug, Deserialize)]
-pub struct HistoryQuery {
-    since: Option<String>,
-    limit: Option<String>,
-    device: Option<String>,
-}
-
-/// Messages kept for a user after a cursor (durable mode).
-pub async fn history(
-    req: HttpRequest,
-    path: web::Path<String>,
-    query: web::Query<HistoryQuery>,
-    state: web::Data<AppState>,
-) -> HttpResponse {
-    let user = match authorized_user(&req, &state, &path) {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
-    let Some(durable) = &state.durable else {
-        return error(
-            actix_web::http::StatusCode::NOT_FOUND,
-            "nothing is kept here: history needs --durable (or, standalone, --history-memory above 0)",
-        );
-    };
-    let max = usize::try_from(durable.max_replay()).unwrap_or(usize::MAX);
-    let limit = match query.limit.as_deref().map(str::parse::<usize>) {
-        None => 100.min(max),
-        Some(Ok(n)) if n > 0 => n.min(max),
-        Some(_) => return bad_request("limit: a number of messages, at least 1"),
-    };
-    let device = match query.device.as_deref().map(DeviceId::parse) {
-        None => None,
-        Some(Ok(d)) => Some(d),
-        Some(Err(e)) => return bad_request(format!("device: {e}")),
-    };
-    let after = match &query.since {
-        Some(since) => match durable.resume_point(since).await {
-            Ok(Ok(after)) => after,
-            Ok(Err(refusal)) => {
-                return error(
-                    actix_web::http::StatusCode::GONE,
-                    format!("since cannot be continued: {refusal}"),
-                )
-            }
-            Err(e) => return unavailable(e),
-        },
-        None => match durable.before_oldest().await {
-            Ok(after) => after,
-            Err(e) => return unavailable(e),
-        },
-    };
-    let audience = match &device {
-        Some(d) => Audience::Session(Some(d)),
-        None => Audience::All,
-    };
-    let read = match durable.read(&user, after, None, audience, limit).await {
-        Ok(r) => r,
-        Err(e) => return unavailable(e),
-    };
-    let cursor = read.messages.last().map_or_else(
-        || query.since.clone().unwrap_or_else(|| durable.cursor(after)),
-        |m| durable.cursor(m.seq),
-    );
-    let messages: Vec<&RawValue> = read
-        .messages
-        .iter()
-        .filter_map(|m| serde_json::from_str::<&RawValue>(&m.frame).ok())
-        .collect();
-    HttpResponse::Ok().json(serde_json::json!({
-        "messages": messages,
-        "cursor": cursor,
-        "more": read.more,
-    }))
-}
-
 /// The API key check, then the user id of the path.
-fn authorized_user(
+pub(super) fn authorized_user(
     req: &HttpRequest,
     state: &AppState,
     path: &str,

@@ -5,6 +5,7 @@ pub mod admission;
 pub mod api;
 pub mod demo;
 pub mod health;
+pub mod history;
 pub mod sse;
 pub mod websocket;
 
@@ -67,7 +68,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/publish", web::post().to(api::publish))
                 .route("/presence/{user}", web::get().to(api::presence))
                 .route("/stats", web::get().to(api::stats))
-                .route("/history/{user}", web::get().to(api::history))
+                .route("/history/{user}", web::get().to(history::history))
                 .route("/users/{user}/disconnect", web::post().to(api::disconnect)),
         );
 }

@@ -98,21 +98,33 @@ impl Session {
         shared.metrics.receipts.inc();
         let msg = Outbound::new(shared.subjects.receipts(user), payload);
         let bus = shared.bus.clone();
+        let store = shared.store.clone();
         ctx.spawn(
-            async move { bus.publish(msg).await }
-                .into_actor(self)
-                .map(|res, act, ctx| {
-                    if let Err(e) = res {
-                        tracing::debug!(session = %act.id, error = %e, "receipt not published");
-                        act.send_frame(
-                            &ServerFrame::error(
-                                error_code::UNAVAILABLE,
-                                "receipt not published: the bus is unavailable",
-                            ),
-                            ctx,
-                        );
+            async move {
+                // Published first (a waiting publisher hears it without the store's
+                // write), then kept beside the message where messages are kept; an id
+                // never kept is published all the same, and not kept.
+                let published = bus.publish(msg).await;
+                if let Some(store) = store {
+                    if let Err(e) = store.keep_receipt(&receipt).await {
+                        tracing::warn!(error = %e, "a receipt was not kept");
                     }
-                }),
+                }
+                published
+            }
+            .into_actor(self)
+            .map(|res, act, ctx| {
+                if let Err(e) = res {
+                    tracing::debug!(session = %act.id, error = %e, "receipt not published");
+                    act.send_frame(
+                        &ServerFrame::error(
+                            error_code::UNAVAILABLE,
+                            "receipt not published: the bus is unavailable",
+                        ),
+                        ctx,
+                    );
+                }
+            }),
         );
     }
 

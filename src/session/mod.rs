@@ -72,6 +72,8 @@ pub struct SessionShared {
     pub limits: SessionLimits,
     /// How `refresh` tokens are verified: the handshake's configuration.
     pub auth: Arc<AuthConfig>,
+    /// Where messages are kept, if anywhere: receipts are kept beside them.
+    pub store: Option<Arc<dyn crate::store::Store>>,
 }
 
 /// The upstream rate limiter. `MonotonicClock` (std `Instant`) rather than the default

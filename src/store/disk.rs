@@ -13,8 +13,10 @@
 //!
 //! Keyspaces: `messages` (sequence, big endian → [`record`](super::record) bytes),
 //! `by_user` (`<user>/<sequence>` → empty; `/` is not in a user id, so one user's keys
-//! are one prefix) and `meta` (the epoch, chosen when the store is created; the first
-//! and last sequence, so sequences never repeat after retention emptied the store). The
+//! are one prefix), `meta` (the epoch, chosen when the store is created; the first and
+//! last sequence, so sequences never repeat after retention emptied the store), and for
+//! delivery receipts `ids` (`<user>/<message id>` → sequence) and `receipts` (sequence +
+//! a counter → the receipt's JSON), removed with their message. The
 //! database directory is locked: a second herald on the same directory is refused.
 
 use std::collections::HashMap;
@@ -27,9 +29,11 @@ use std::time::Instant;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use thiserror::Error;
 
-use super::embedded::{Appended, Dedup, Done, Log, NewRecord, Scan, DEDUP_WINDOW_MS};
+use herald_proto::events::Receipt;
+
+use super::embedded::{Appended, Dedup, Done, Log, NewRecord, ReceiptDone, Scan, DEDUP_WINDOW_MS};
 use super::record::{self, Record};
-use super::{Audience, StoreError};
+use super::{Audience, Receipts, StoreError};
 use crate::config::DiskSync;
 use crate::ids::UserId;
 use crate::metrics::Metrics;
@@ -66,7 +70,11 @@ pub enum OpenError {
 enum Command {
     Append(NewRecord, Done),
     Trim(u64),
+    Receipt(Receipt, Option<u64>, ReceiptDone),
 }
+
+/// A receipt waiting in a write batch.
+type PendingReceipt = (Receipt, Option<u64>, ReceiptDone);
 
 /// The three keyspaces.
 #[derive(Clone)]
@@ -74,6 +82,10 @@ struct Spaces {
     messages: Keyspace,
     by_user: Keyspace,
     meta: Keyspace,
+    /// `<user>/<message id>` → sequence, for receipts.
+    ids: Keyspace,
+    /// sequence (big endian) + n (big endian u32) → receipt JSON.
+    receipts: Keyspace,
 }
 
 pub struct DiskLog {
@@ -110,6 +122,16 @@ fn user_key(user: &str, seq: u64) -> Vec<u8> {
     k.extend_from_slice(user.as_bytes());
     k.push(b'/');
     k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn id_key(user: &str, id: &str) -> Vec<u8> {
+    format!("{user}/{id}").into_bytes()
+}
+
+fn receipt_key(seq: u64, n: u32) -> Vec<u8> {
+    let mut k = seq.to_be_bytes().to_vec();
+    k.extend_from_slice(&n.to_be_bytes());
     k
 }
 
@@ -164,6 +186,8 @@ impl DiskLog {
             messages: open("messages")?,
             by_user: open("by_user")?,
             meta: open("meta")?,
+            ids: open("ids")?,
+            receipts: open("receipts")?,
         };
         let (epoch, first, last, dedup) = init(&db, &spaces, sync).map_err(fail)?;
         tracing::info!(
@@ -294,30 +318,40 @@ impl Writer {
     fn run(&mut self, rx: mpsc::Receiver<Command>) {
         while let Ok(cmd) = rx.recv() {
             let mut appends = Vec::new();
+            let mut receipts = Vec::new();
             let mut trim = None;
             let mut next = Some(cmd);
             while let Some(cmd) = next.take() {
                 match cmd {
                     Command::Append(r, d) => appends.push((r, d)),
                     Command::Trim(before) => trim = Some(before),
+                    Command::Receipt(r, seq, d) => receipts.push((r, seq, d)),
                 }
-                if appends.len() < MAX_BATCH {
+                if appends.len() + receipts.len() < MAX_BATCH {
                     next = rx.try_recv().ok();
                 }
             }
-            self.write(appends, trim);
+            self.write(appends, receipts, trim);
         }
     }
 
-    fn write(&mut self, appends: Vec<(NewRecord, Done)>, trim: Option<u64>) {
+    fn write(
+        &mut self,
+        appends: Vec<(NewRecord, Done)>,
+        receipts: Vec<PendingReceipt>,
+        trim: Option<u64>,
+    ) {
         if let Some(e) = &self.failed {
             for (_, reply) in appends {
+                reply(Err(same(e)));
+            }
+            for (_, _, reply) in receipts {
                 reply(Err(same(e)));
             }
             return;
         }
         let started = Instant::now();
-        match self.batch(&appends, trim) {
+        match self.batch(&appends, &receipts, trim) {
             Ok(done) => {
                 self.last.store(done.last, Ordering::Release);
                 self.first.store(done.first, Ordering::Release);
@@ -335,11 +369,17 @@ impl Writer {
                     }
                     reply(Ok(a));
                 }
+                for ((_, _, reply), kept) in receipts.into_iter().zip(done.receipts) {
+                    reply(Ok(kept));
+                }
             }
             Err(e) => {
                 let e = classify(e);
                 tracing::error!(error = %e, appends = appends.len(), "store write failed; publishes are refused until herald restarts");
                 for (_, reply) in appends {
+                    reply(Err(same(&e)));
+                }
+                for (_, _, reply) in receipts {
                     reply(Err(same(&e)));
                 }
                 self.failed = Some(e);
@@ -350,6 +390,7 @@ impl Writer {
     fn batch(
         &mut self,
         appends: &[(NewRecord, Done)],
+        receipts: &[PendingReceipt],
         trim: Option<u64>,
     ) -> fjall::Result<Committed> {
         let s = &self.spaces;
@@ -391,6 +432,9 @@ impl Writer {
             };
             batch.insert(&s.messages, seq_key(last).to_vec(), record::encode(&r));
             batch.insert(&s.by_user, user_key(user, last), Vec::new());
+            if let Some(id) = rec.id.as_deref() {
+                batch.insert(&s.ids, id_key(user, id), seq_key(last).to_vec());
+            }
             users.insert(user, last);
             if let Some(id) = rec.id.as_deref() {
                 batch_ids.insert(id, last);
@@ -400,6 +444,32 @@ impl Writer {
                 prev,
                 duplicate: false,
             });
+        }
+        let mut kept_receipts = Vec::with_capacity(receipts.len());
+        let mut counts: HashMap<u64, u32> = HashMap::new();
+        for (r, seq, _) in receipts {
+            let found = match seq {
+                Some(seq) => s
+                    .by_user
+                    .contains_key(user_key(&r.user, *seq))?
+                    .then_some(*seq),
+                None => match s.ids.get(id_key(&r.user, &r.id))? {
+                    Some(v) => seq_of(&v),
+                    None => batch_ids.get(r.id.as_str()).copied(),
+                },
+            };
+            let Some(seq) = found.filter(|s| *s >= first) else {
+                kept_receipts.push(false);
+                continue;
+            };
+            let n = match counts.get(&seq) {
+                Some(n) => *n,
+                None => u32::try_from(s.receipts.prefix(seq_key(seq)).count()).unwrap_or(u32::MAX),
+            };
+            counts.insert(seq, n.saturating_add(1));
+            let json = serde_json::to_vec(r).unwrap_or_default();
+            batch.insert(&s.receipts, receipt_key(seq, n), json);
+            kept_receipts.push(true);
         }
         let mut trimmed = 0u64;
         if let Some(before) = trim {
@@ -415,9 +485,17 @@ impl Writer {
                 }
                 match record::decode(seq, &v) {
                     Ok(r) if r.at_ms >= before => break,
-                    Ok(r) => batch.remove(&s.by_user, user_key(&r.user, seq)),
+                    Ok(r) => {
+                        batch.remove(&s.by_user, user_key(&r.user, seq));
+                        if let Some(id) = &r.id {
+                            batch.remove(&s.ids, id_key(&r.user, id));
+                        }
+                    }
                     // Unreadable: its user is unknown, so only the record goes.
                     Err(_) => {}
+                }
+                for g in s.receipts.prefix(seq_key(seq)) {
+                    batch.remove(&s.receipts, g.key()?.to_vec());
                 }
                 batch.remove(&s.messages, k.to_vec());
                 first = seq + 1;
@@ -430,6 +508,7 @@ impl Writer {
         batch.commit()?;
         Ok(Committed {
             kept,
+            receipts: kept_receipts,
             last,
             first,
             trimmed,
@@ -457,6 +536,7 @@ impl Writer {
 
 struct Committed {
     kept: Vec<Appended>,
+    receipts: Vec<bool>,
     last: u64,
     first: u64,
     trimmed: u64,
@@ -579,5 +659,45 @@ impl Log for DiskLog {
 
     fn trim(&self, before_ms: u64) {
         let _ = self.commands.send(Command::Trim(before_ms));
+    }
+
+    fn keep_receipt(&self, receipt: Receipt, seq: Option<u64>, done: ReceiptDone) {
+        if let Err(mpsc::SendError(Command::Receipt(_, _, done))) =
+            self.commands.send(Command::Receipt(receipt, seq, done))
+        {
+            done(Err(StoreError::Unavailable(
+                "the store's writer stopped".into(),
+            )));
+        }
+    }
+
+    fn receipts(&self, user: &UserId, ids: &[&str]) -> Result<Receipts, StoreError> {
+        let mut out = Receipts::new();
+        for id in ids {
+            let seq = match self
+                .spaces
+                .ids
+                .get(id_key(user.as_str(), id))
+                .map_err(unavailable)?
+            {
+                Some(v) => seq_of(&v),
+                None => super::Cursor::parse(id)
+                    .filter(|c| c.epoch == self.epoch)
+                    .map(|c| c.seq),
+            };
+            let Some(seq) = seq else { continue };
+            let mut found = Vec::new();
+            for g in self.spaces.receipts.prefix(seq_key(seq)) {
+                let v = g.value().map_err(unavailable)?;
+                match serde_json::from_slice::<Receipt>(&v) {
+                    Ok(r) if r.user == user.as_str() => found.push(r),
+                    _ => {}
+                }
+            }
+            if !found.is_empty() {
+                out.insert((*id).to_string(), found);
+            }
+        }
+        Ok(out)
     }
 }

@@ -16,7 +16,9 @@ use herald_proto::{Subjects, HEADER_DEVICE, HEADER_EVENT, HEADER_LAST_SEQUENCE, 
 use tokio::sync::oneshot;
 
 use super::record::Record;
-use super::{stored_frame, Audience, Bounds, Read, Store, StoreError};
+use super::{stored_frame, Audience, Bounds, Cursor, Read, Receipts, Store, StoreError};
+use herald_proto::events::Receipt;
+
 use crate::bus::{Bus, Outbound};
 use crate::ids::UserId;
 use crate::metrics::Metrics;
@@ -52,6 +54,9 @@ pub struct Appended {
 /// Called once an append is kept (or failed), in sequence order.
 pub type Done = Box<dyn FnOnce(Result<Appended, StoreError>) + Send>;
 
+/// Called once a receipt is kept (`true`) or found to acknowledge no kept message.
+pub type ReceiptDone = Box<dyn FnOnce(Result<bool, StoreError>) + Send>;
+
 /// One matching record of a scan, and whether more follow.
 pub type Scan = (Vec<Record>, bool);
 
@@ -74,8 +79,13 @@ pub trait Log: Send + Sync + 'static {
     ) -> Result<Scan, StoreError>;
     /// Keep `rec`; `done` is called once it is kept as the engine promises.
     fn append(&self, rec: NewRecord, done: Done);
-    /// Drop the records kept before `before_ms`.
+    /// Drop the records kept before `before_ms`, with their receipts.
     fn trim(&self, before_ms: u64);
+    /// Keep `receipt` beside its user's kept message `seq`, or when `None` the one with
+    /// the receipt's id.
+    fn keep_receipt(&self, receipt: Receipt, seq: Option<u64>, done: ReceiptDone);
+    /// The kept receipts of the user's messages with these ids.
+    fn receipts(&self, user: &UserId, ids: &[&str]) -> Result<Receipts, StoreError>;
 }
 
 /// Message ids kept within the window, and their sequences. Stream-wide, as JetStream's.
@@ -269,6 +279,32 @@ impl Store for Embedded {
             Ok(res) => res.map(|a| a.seq),
             Err(_) => Err(StoreError::Unavailable("the store's writer stopped".into())),
         }
+    }
+
+    async fn keep_receipt(&self, receipt: &Receipt) -> Result<bool, StoreError> {
+        // A message published without an id carries its cursor as its id.
+        let seq = Cursor::parse(&receipt.id)
+            .filter(|c| c.epoch == self.log.epoch())
+            .map(|c| c.seq);
+        let (tx, rx) = oneshot::channel();
+        self.log.keep_receipt(
+            receipt.clone(),
+            seq,
+            Box::new(move |res| {
+                let _ = tx.send(res);
+            }),
+        );
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("the store's writer stopped".into())))
+    }
+
+    async fn receipts(
+        &self,
+        user: &UserId,
+        ids: &[&str],
+        _from_seq: u64,
+    ) -> Result<Receipts, StoreError> {
+        self.log.receipts(user, ids)
     }
 }
 

@@ -1,6 +1,8 @@
 //! The JetStream engine of the store seam (NATS mode with `--durable`): the stream that
 //! keeps every user message, read for replays, gap fills and history, written by HTTP
-//! publishes.
+//! publishes. Delivery receipts are kept in the same stream (they expire with the
+//! messages) under `<prefix>.user.<id>.receipts`, beside the user's messages, which are
+//! read by their exact subject and so never see them.
 //!
 //! The stream captures `<prefix>.user.>` for `--retention`, de-duplicates by `Nats-Msg-Id`,
 //! and republishes each stored message on `<prefix>.live.user.<id>` with its sequence and
@@ -20,7 +22,9 @@ use bytes::Bytes;
 use herald_proto::{Subjects, HEADER_DEVICE, HEADER_EVENT, HEADER_MSG_ID};
 use thiserror::Error;
 
-use super::{Audience, Bounds, Cursor, Read, Store, StoreError};
+use herald_proto::events::Receipt;
+
+use super::{Audience, Bounds, Cursor, Read, Receipts, Store, StoreError};
 use crate::bus::Outbound;
 use crate::config::DurableConfig;
 use crate::ids::UserId;
@@ -112,47 +116,56 @@ impl JetStream {
 
     /// Create or update the stream, and remember its epoch.
     pub async fn ensure(&self) -> Result<(), DurableError> {
-        let wanted = self.wanted();
-        let info = match self.js.get_stream(&self.stream).await {
+        let info = self.ensure_one(&self.stream, self.wanted()).await?;
+        self.epoch.store(epoch_of(&info), Ordering::Release);
+        Ok(())
+    }
+
+    /// Create or update one stream (safe when several pods start at once).
+    async fn ensure_one(
+        &self,
+        name: &str,
+        wanted: stream::Config,
+    ) -> Result<stream::Info, DurableError> {
+        let info = match self.js.get_stream(name).await {
             Ok(mut s) => {
                 let info = s.info().await.map_err(request)?.clone();
                 if differs(&info.config, &wanted) {
-                    tracing::info!(stream = %self.stream, "updating the durable stream's configuration");
+                    tracing::info!(stream = %name, "updating the durable stream's configuration");
                     self.js
                         .update_stream(wanted)
                         .await
-                        .map_err(|e| DurableError::Refused(self.stream.clone(), e.to_string()))?
+                        .map_err(|e| DurableError::Refused(name.to_string(), e.to_string()))?
                 } else {
                     info
                 }
             }
             Err(e) if is_not_found(&e) => match self.js.create_stream(wanted).await {
                 Ok(mut s) => {
-                    tracing::info!(stream = %self.stream, "created the durable stream");
+                    tracing::info!(stream = %name, "created the durable stream");
                     s.info().await.map_err(request)?.clone()
                 }
                 // Another pod created it at the same moment.
                 Err(e) if e.to_string().contains("already in use") => {
-                    let mut s = self.js.get_stream(&self.stream).await.map_err(request)?;
+                    let mut s = self.js.get_stream(name).await.map_err(request)?;
                     s.info().await.map_err(request)?.clone()
                 }
-                Err(e) => return Err(self.create_failed(e)),
+                Err(e) => return Err(self.create_failed(name, e)),
             },
             Err(e) => return Err(unavailable_or(e)),
         };
-        self.epoch.store(epoch_of(&info), Ordering::Release);
-        Ok(())
+        Ok(info)
     }
 
     /// A create that failed: JetStream missing, or the server refusing the settings.
-    fn create_failed(&self, e: jetstream::context::CreateStreamError) -> DurableError {
+    fn create_failed(&self, name: &str, e: jetstream::context::CreateStreamError) -> DurableError {
         match e.kind() {
             jetstream::context::CreateStreamErrorKind::JetStream(j)
                 if j.error_code() != jetstream::ErrorCode::JETSTREAM_NOT_ENABLED
                     && j.error_code()
                         != jetstream::ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT =>
             {
-                DurableError::Refused(self.stream.clone(), e.to_string())
+                DurableError::Refused(name.to_string(), e.to_string())
             }
             _ => unavailable_or(e),
         }
@@ -276,6 +289,55 @@ impl Store for JetStream {
 
     async fn publish(&self, msg: Outbound) -> Result<u64, StoreError> {
         Ok(js_publish(&self.js, msg.subject, &msg.headers, msg.payload).await?)
+    }
+
+    async fn keep_receipt(&self, receipt: &Receipt) -> Result<bool, StoreError> {
+        // In the same stream (so it expires with the messages), on a subject of its own
+        // under the user's: reads of the user's messages never see it.
+        let payload =
+            serde_json::to_vec(receipt).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let subject = self.subjects.kept_receipts(&receipt.user);
+        js_publish(&self.js, subject, &[], payload.into()).await?;
+        Ok(true)
+    }
+
+    async fn receipts(
+        &self,
+        user: &UserId,
+        ids: &[&str],
+        from_seq: u64,
+    ) -> Result<Receipts, StoreError> {
+        let s = self
+            .js
+            .get_stream_no_info(&self.stream)
+            .await
+            .map_err(request)?;
+        // A receipt comes after its message: read from the first message asked about.
+        let subject = self.subjects.kept_receipts(user.as_str());
+        let wanted: std::collections::HashSet<&str> = ids.iter().copied().collect();
+        let mut out = Receipts::new();
+        let mut next = from_seq.max(1);
+        loop {
+            let m = match s
+                .raw_message_builder()
+                .sequence(next)
+                .next_by_subject(subject.clone())
+                .send()
+                .await
+            {
+                Ok(m) => m,
+                Err(e) if matches!(e.kind(), stream::RawMessageErrorKind::NoMessageFound) => {
+                    return Ok(out)
+                }
+                Err(e) => return Err(request(e).into()),
+            };
+            next = m.sequence.saturating_add(1);
+            if let Ok(r) = serde_json::from_slice::<Receipt>(&m.payload) {
+                if r.user == user.as_str() && wanted.contains(r.id.as_str()) {
+                    out.entry(r.id.clone()).or_default().push(r);
+                }
+            }
+        }
     }
 }
 

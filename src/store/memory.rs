@@ -9,9 +9,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::embedded::{Appended, Dedup, Done, Log, NewRecord, Scan};
+use herald_proto::events::Receipt;
+
+use super::embedded::{Appended, Dedup, Done, Log, NewRecord, ReceiptDone, Scan};
 use super::record::Record;
-use super::{Audience, StoreError};
+use super::{Audience, Receipts, StoreError};
 use crate::ids::UserId;
 use crate::metrics::Metrics;
 
@@ -31,6 +33,22 @@ struct Inner {
     by_user: HashMap<String, VecDeque<u64>>,
     bytes: usize,
     dedup: Dedup,
+    /// Kept message ids (`<user>/<id>`) to their sequences, for receipts.
+    ids: HashMap<String, u64>,
+    receipts: HashMap<u64, Vec<Receipt>>,
+}
+
+/// Bytes a kept receipt counts (its fields and its entry).
+fn receipt_footprint(r: &Receipt) -> usize {
+    96 + r.session.len()
+        + r.pod.len()
+        + r.status.len()
+        + r.at.len()
+        + r.device.as_ref().map_or(0, String::len)
+}
+
+fn id_key(user: &str, id: &str) -> String {
+    format!("{user}/{id}")
 }
 
 impl MemoryLog {
@@ -71,6 +89,16 @@ impl Inner {
         };
         self.first = r.seq + 1;
         self.bytes = self.bytes.saturating_sub(r.footprint());
+        if let Some(id) = &r.id {
+            let key = id_key(&r.user, id);
+            if self.ids.get(&key) == Some(&r.seq) {
+                self.ids.remove(&key);
+            }
+        }
+        if let Some(rs) = self.receipts.remove(&r.seq) {
+            let freed: usize = rs.iter().map(receipt_footprint).sum();
+            self.bytes = self.bytes.saturating_sub(freed);
+        }
         if let Some(q) = self.by_user.get_mut(&r.user) {
             q.pop_front();
             if q.is_empty() {
@@ -172,6 +200,7 @@ impl Log for MemoryLog {
         }
         if let Some(id) = &record.id {
             inner.dedup.insert(id, seq, record.at_ms);
+            inner.ids.insert(id_key(&record.user, id), seq);
         }
         let queue = inner.by_user.entry(record.user.clone()).or_default();
         let prev = queue.back().copied().unwrap_or(0);
@@ -189,6 +218,45 @@ impl Log for MemoryLog {
             prev,
             duplicate: false,
         }));
+    }
+
+    fn keep_receipt(&self, receipt: Receipt, seq: Option<u64>, done: ReceiptDone) {
+        let mut inner = self.lock();
+        let seq = seq
+            .filter(|s| inner.get(*s).is_some_and(|r| r.user == receipt.user))
+            .or_else(|| inner.ids.get(&id_key(&receipt.user, &receipt.id)).copied());
+        let Some(seq) = seq.filter(|s| inner.get(*s).is_some()) else {
+            drop(inner);
+            return done(Ok(false));
+        };
+        let size = receipt_footprint(&receipt);
+        // Receipts count against the cap like messages; the oldest messages make room.
+        while inner.bytes + size > self.cap_bytes && inner.first < seq && inner.pop_oldest() {}
+        inner.bytes += size;
+        inner.receipts.entry(seq).or_default().push(receipt);
+        self.gauges(&inner);
+        drop(inner);
+        done(Ok(true))
+    }
+
+    fn receipts(&self, user: &UserId, ids: &[&str]) -> Result<Receipts, StoreError> {
+        let inner = self.lock();
+        let mut out = Receipts::new();
+        for id in ids {
+            let seq = inner
+                .ids
+                .get(&id_key(user.as_str(), id))
+                .copied()
+                .or_else(|| {
+                    super::Cursor::parse(id)
+                        .filter(|c| c.epoch == self.epoch)
+                        .map(|c| c.seq)
+                });
+            if let Some(rs) = seq.and_then(|s| inner.receipts.get(&s)) {
+                out.insert((*id).to_string(), rs.clone());
+            }
+        }
+        Ok(out)
     }
 
     fn trim(&self, before_ms: u64) {

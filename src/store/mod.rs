@@ -25,6 +25,8 @@ use thiserror::Error;
 
 pub use cursor::Cursor;
 
+use herald_proto::events::Receipt;
+
 use crate::bus::Outbound;
 use crate::ids::{DeviceId, UserId};
 use crate::message::{encode_frame, Frame};
@@ -78,6 +80,8 @@ impl Audience<'_> {
 #[derive(Debug, Clone)]
 pub struct Stored {
     pub seq: u64,
+    /// The message id its frame carries (the publisher's, else the cursor).
+    pub id: String,
     pub frame: Frame,
     pub device: Option<String>,
 }
@@ -129,7 +133,22 @@ pub trait Store: Send + Sync + 'static {
     /// store then announces it live. A message id seen within the de-duplication window
     /// is kept once: the answer is the first one's sequence.
     async fn publish(&self, msg: Outbound) -> Result<u64, StoreError>;
+    /// Keep a delivery receipt beside the message it acknowledges; `false` when no kept
+    /// message of the user has that id (the receipt is then not kept). The JetStream
+    /// engine keeps receipts by capturing their subject, so pods never call it there.
+    async fn keep_receipt(&self, receipt: &Receipt) -> Result<bool, StoreError>;
+    /// The kept receipts of the user's messages with these ids (none kept at or after
+    /// `from_seq` belong to earlier messages), by id.
+    async fn receipts(
+        &self,
+        user: &UserId,
+        ids: &[&str],
+        from_seq: u64,
+    ) -> Result<Receipts, StoreError>;
 }
+
+/// Kept receipts by message id.
+pub type Receipts = std::collections::HashMap<String, Vec<Receipt>>;
 
 impl dyn Store {
     pub fn cursor(&self, seq: u64) -> String {
@@ -202,6 +221,7 @@ pub fn stored_frame(
     let id = msg_id.filter(|i| !i.is_empty()).unwrap_or(&cursor);
     Stored {
         seq,
+        id: id.to_string(),
         frame: encode_frame(id, &cursor, Source::User, None, event, payload),
         device,
     }

@@ -115,8 +115,36 @@ pub async fn history(hub: &Hub, user: &str, query: &str) -> Value {
 }
 
 pub fn history_messages(h: &Value) -> Vec<Value> {
+    // Every history message carries its receipts; without them it is the frame sent live.
     h["messages"]
         .as_array()
         .unwrap_or_else(|| panic!("history without messages: {h}"))
-        .clone()
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            let receipts = m
+                .as_object_mut()
+                .and_then(|o| o.remove("receipts"))
+                .unwrap_or_else(|| panic!("history message without receipts: {m}"));
+            assert!(receipts.is_array(), "receipts: {receipts}");
+            m
+        })
+        .collect()
+}
+
+/// The statuses of each history message's receipts, in order.
+pub fn history_receipts(h: &Value) -> Vec<Vec<String>> {
+    h["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("history without messages: {h}"))
+        .iter()
+        .map(|m| {
+            m["receipts"]
+                .as_array()
+                .unwrap_or_else(|| panic!("history message without receipts: {m}"))
+                .iter()
+                .map(|r| r["status"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .collect()
 }
