@@ -1,7 +1,8 @@
 // Herald demo: a merchant's order screen.
 // ?user=<id> (default "demo"), optional ?token=<jwt> and ?device=<id>.
-// Orders sent to the user appear as rows and are acknowledged upstream with
-// publish("printed", {id}); broadcasts show in the banner. All text goes through
+// Orders sent to the user appear as rows and, once printed, are acknowledged with a
+// delivery receipt (message.ack("printed"), which a service can wait for) and upstream
+// with publish("printed", {id}); broadcasts show in the banner. All text goes through
 // textContent, never innerHTML: message data is untrusted.
 // The client keeps the last cursor in localStorage, so a reload resumes with since= and a
 // durable hub replays the orders sent meanwhile; each order is printed once per page.
@@ -110,15 +111,30 @@ function orderNumber(fields) {
   return undefined;
 }
 
-// Tell the services, through the hub, that this screen has the order.
+// Tell the services, through the hub, that this screen printed the order: a receipt
+// (services waiting on the publish hear it) and the upstream event.
 function ack(id, row) {
-  if (client.publish('printed', { id })) {
+  if (client.ack(id, 'printed') && client.publish('printed', { id })) {
     unacked.delete(id);
     row.dataset.printed = 'true';
     row.querySelector('.status').textContent = 'printed';
+    showReceipt(row, 'printed');
   } else {
     unacked.set(id, row);
   }
+}
+
+// The receipts this screen sent for an order, as the hub published them.
+function showReceipt(row, status) {
+  let line = row.querySelector('.receipts');
+  if (!line) {
+    line = el('div', 'receipts');
+    line.dataset.testid = 'receipts';
+    row.append(line);
+  }
+  const sent = (line.dataset.statuses ? line.dataset.statuses.split(' ') : []).concat(status);
+  line.dataset.statuses = sent.join(' ');
+  line.textContent = `receipts: ${sent.join(', ')}`;
 }
 
 function note(text) {

@@ -27,6 +27,11 @@ export interface HeraldOptions {
    * longer; never more than half of it). Default 30000.
    */
   refreshLeadMs?: number;
+  /**
+   * Acknowledge every user message with a `received` receipt once the `message` handlers
+   * have run (a service waiting with `await` then learns it reached this device). Default false.
+   */
+  autoAck?: boolean;
   /** Device id; a newer session with the same user and device replaces this one (close 4001). */
   device?: string;
   /** Resume after this cursor on the first connect; takes precedence over a stored one. */
@@ -107,6 +112,12 @@ export interface HeraldMessage<T = unknown> {
   topic?: string;
   event?: string;
   data: T;
+  /**
+   * Acknowledge this message: a delivery receipt with `status` (default `received`; 1-32
+   * chars of a-z 0-9 _ -), e.g. `printed` once the order is printed. False when not
+   * connected (acks are not queued). Not enumerable: absent from JSON.stringify(message).
+   */
+  ack(status?: string): boolean;
 }
 
 /** The hub's answer to a token refresh. */
@@ -209,6 +220,8 @@ export class HeraldClient {
    * false when not connected (nothing is queued). Over SSE, true means the frame is queued
    * for its POST; a refused POST is reported as an `error` event.
    */
+  /** Acknowledge message `id` with a delivery receipt (`message.ack(status)` does the same). */
+  ack(id: string, status?: string): boolean;
   publish(event: string, data?: unknown): boolean;
   subscribe(topic: string): Promise<string>;
   unsubscribe(topic: string): void;

@@ -73,6 +73,7 @@ export class HeraldClient {
     this._restartMs = options.restartDelayMs ?? 3000;
     this._connectTimeoutMs = options.connectTimeoutMs ?? 10000;
     this._autoRefresh = options.autoRefresh ?? true;
+    this._autoAck = options.autoAck === true;
     this._refreshLeadMs = options.refreshLeadMs ?? REFRESH_LEAD_MS;
     // Injectable so tests can drive time and jitter deterministically.
     this._random = options.random || Math.random;
@@ -134,6 +135,13 @@ export class HeraldClient {
    *  nothing is queued, so an application that needs delivery retries on "open". */
   publish(event, data) {
     return this._send({ type: 'publish', event, data });
+  }
+
+  /** Acknowledge a message: a delivery receipt with this status (`received` by default;
+   *  1-32 chars of a-z 0-9 _ -) published by the hub for services (e.g. `printed` once an
+   *  order is printed). Returns false when not connected: acks are not queued. */
+  ack(id, status = 'received') {
+    return this._send({ type: 'ack', id, status });
   }
 
   /** Subscribe to a topic, now and after every reconnect. Resolves with the topic once the
@@ -529,10 +537,22 @@ export class HeraldClient {
           if (this._seenIds?.has(frame.id)) break;
           this._probe?.seen.add(frame.id);
         }
+        if (typeof frame.id === 'string') {
+          // Not enumerable: the frame still prints and serialises as the hub sent it.
+          Object.defineProperty(frame, 'ack', {
+            value: (status = 'received') => this.ack(frame.id, status),
+            enumerable: false,
+          });
+        }
         this._emit('message', frame);
         // Only once the handlers have run: a page that dies inside one (tab closed, crash)
         // gets the message again on its next start rather than losing it.
         if (resumable(frame)) this._saveCursor(frame.cursor);
+        // A receipt that the message reached this device (user messages: the ones a
+        // service can wait for).
+        if (this._autoAck && frame.source === 'user' && typeof frame.id === 'string') {
+          this.ack(frame.id, 'received');
+        }
         break;
       case 'subscribed': {
         const i = this._inflight.indexOf(frame.topic);
