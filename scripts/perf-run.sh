@@ -3,7 +3,7 @@
 # Starts its own nats-server and herald pods (release build), runs herald-load scenarios and
 # appends every JSON result line to $OUT (default artifacts/perf/results.jsonl).
 #
-#   scripts/perf-run.sh [single|scale|broadcast100k|membound|durable|durablelimit|store|peer|sse|soak|all]
+#   scripts/perf-run.sh [single|scale|broadcast100k|membound|durable|durablelimit|store|receipts|peer|sse|soak|all]
 #
 # single: one pod, 19,000 connections: idle memory, reconnect storm (with the kernel's
 #         listen queue overflows), broadcast, addressed.
@@ -26,6 +26,12 @@
 #         stored message count and JetStream API error count (a "jetstream" line).
 # durablelimit: the same plain/durable pairs at DURABLE_LIMIT_RATES (default 20,000 to
 #         60,000/s), to find where delivered/s stops following the rate.
+# receipts: delivery receipts, one pod in NATS mode on nats-server $NATS_RELEASE, 1,000
+#         users whose clients acknowledge every message: the publish-to-receipt latency
+#         at RECEIPT_RATE (default 1,000)/s for 10 s (HTTP publishes awaiting `received`);
+#         herald's CPU per delivered message with and without acks (HTTP publishes, no
+#         await); and 1,000 publishes waiting at once (clients that never ack, await 20 s):
+#         the pod's RSS and the NATS server's subscription count before and while they wait.
 # store:  the store engines side by side in one run, each on a fresh pod: standalone with
 #         nothing kept (--history-memory 0, the baseline), standalone memory (the default),
 #         standalone disk (--durable, a fresh --data-dir) and NATS mode --durable
@@ -496,6 +502,62 @@ store() {
   stop_pods
 }
 
+# nats_subs: the subscriptions the JetStream nats-server holds (its /subsz).
+nats_subs() {
+  curl -sf "http://127.0.0.1:$NATS_JS_MONITOR/subsz" | grep -o '"num_subscriptions": *[0-9]*' | grep -o '[0-9]*$'
+}
+
+receipts() {
+  start_js_nats
+  local BUS=(--nats-url "$NATS_JS")
+  local rate=${RECEIPT_RATE:-1000}
+  echo "== receipts: 1,000 users acking, $rate/s HTTP publishes each awaiting its receipt, 10 s"
+  start_pods 1 --api-key perf-key
+  wait_quiet
+  # shellcheck disable=SC2046
+  "$LOAD" "${HUBS[@]}" --nats-url "$NATS_JS" --publish-http --api-key perf-key --ack \
+    --await-receipt-ms 5000 --jwt-secret "$SECRET" $(pid_args) --nats-pid "$NATS_JS_PID" \
+    --user-prefix rc- addressed --users 1000 --rate "$rate" --duration 10s \
+    | sed 's/^{/{"receipts":"await",/' | record || true
+  stop_pods
+  local ack
+  for ack in without with; do
+    echo "== receipts: 1,000 users, $rate/s HTTP publishes, clients $ack acks"
+    start_pods 1 --api-key perf-key
+    wait_quiet
+    local args=()
+    if [ "$ack" = with ]; then args=(--ack); fi
+    # shellcheck disable=SC2046
+    "$LOAD" "${HUBS[@]}" --nats-url "$NATS_JS" --publish-http --api-key perf-key "${args[@]}" \
+      --jwt-secret "$SECRET" $(pid_args) --nats-pid "$NATS_JS_PID" --user-prefix "ra$ack-" \
+      addressed --users 1000 --rate "$rate" --duration 10s \
+      | sed "s/^{/{\"receipts\":\"$ack acks\",/" | record || true
+    stop_pods
+  done
+  echo "== receipts: 1,000 publishes waiting at once (nobody acks; await 20 s)"
+  start_pods 1 --api-key perf-key
+  local subs_before rss_before subs_during rss_during pending=0
+  subs_before=$(nats_subs)
+  rss_before=$(rss_kib "${POD_PIDS[0]}")
+  "$LOAD" "${HUBS[@]}" --nats-url "$NATS_JS" --publish-http --api-key perf-key \
+    --http-connections 1000 --await-receipt-ms 20000 --timeout 60s --jwt-secret "$SECRET" \
+    --user-prefix rw- addressed --users 1000 --rate 1000 --duration 1s >"$WORK/awaits.txt" 2>&1 &
+  local loader=$!
+  for _ in $(seq 300); do
+    pending=$(metric herald_awaits_pending)
+    [ "${pending%.*}" -ge 1000 ] && break
+    sleep 0.1
+  done
+  subs_during=$(nats_subs)
+  rss_during=$(rss_kib "${POD_PIDS[0]}")
+  echo "   $pending publishes waiting: NATS subscriptions $subs_before -> $subs_during, herald RSS $rss_before -> $rss_during KiB"
+  printf '{"scenario":"awaits_pending","pending":%s,"nats_subs_before":%s,"nats_subs_during":%s,"rss_before_kib":%s,"rss_during_kib":%s}\n' \
+    "$pending" "$subs_before" "$subs_during" "$rss_before" "$rss_during" | tee -a "$OUT"
+  wait "$loader" || true
+  tail -n 1 "$WORK/awaits.txt" | tee -a "$OUT"
+  stop_pods
+}
+
 # busy_percent: how busy the machine's CPUs were over the next second, in percent.
 busy_percent() {
   local a b c d e f g h A B C D E F G H
@@ -769,6 +831,7 @@ case "$MODE" in
   durable) durable ;;
   durablelimit) durablelimit ;;
   store) store ;;
+  receipts) receipts ;;
   peer) peer ;;
   sse) sse ;;
   soak) soak ;;

@@ -175,6 +175,8 @@ struct Tap {
     conn: usize,
     slot: Option<Arc<Slot>>,
     read_delay: Duration,
+    /// Acknowledge every message (herald over WebSocket): a `received` receipt.
+    ack: bool,
 }
 
 impl Tap {
@@ -212,6 +214,12 @@ impl Tap {
         self.shared.closed.fetch_add(1, Ordering::Relaxed);
         self.shared.progress.notify_waiters();
     }
+}
+
+/// The JSON string value that follows `key` (which ends with its opening quote).
+fn string_after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let rest = &text[text.find(key)? + key.len()..];
+    Some(&rest[..rest.find('"')?])
 }
 
 fn number_after(text: &str, key: &str) -> Option<u64> {
@@ -312,6 +320,7 @@ pub async fn open(
         conn: i,
         slot,
         read_delay: Duration::from_millis(c.read_delay_ms),
+        ack: c.ack,
     };
     Ok(match (c.proto, c.transport) {
         (Proto::Herald, Transport::Ws) => {
@@ -348,6 +357,15 @@ async fn read_herald_ws(mut ws: Ws, tap: Tap) {
                     tap.ready();
                 } else {
                     tap.delivery(t.as_str()).await;
+                    if tap.ack {
+                        if let Some(id) = string_after(t.as_str(), "\"id\":\"") {
+                            let ack =
+                                format!(r#"{{"type":"ack","id":"{id}","status":"received"}}"#);
+                            if ws.send(Message::text(ack)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
                 }
             }
             Some(Ok(Message::Close(_))) | None => break,

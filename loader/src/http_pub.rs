@@ -21,12 +21,29 @@ pub struct HttpPublisher {
     workers: Vec<tokio::task::JoinHandle<()>>,
 }
 
-#[derive(Default)]
 pub struct Stats {
     /// Answered 202.
     pub accepted: AtomicU64,
+    /// Answered 200: a publish that waited got its receipt.
+    pub answered: AtomicU64,
     /// Answered otherwise, or not at all.
     pub failed: AtomicU64,
+    /// Request to answer, in microseconds (with `await`: publish to receipt).
+    pub latency_us: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            accepted: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            latency_us: std::sync::Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 120_000_000, 3)
+                    .unwrap_or_else(|_| hdrhistogram::Histogram::new(3).expect("histogram")),
+            ),
+        }
+    }
 }
 
 impl HttpPublisher {
@@ -98,8 +115,14 @@ impl Conn {
             let Some(body) = rx.lock().await.recv().await else {
                 return;
             };
-            match self.post(&body).await {
+            let started = std::time::Instant::now();
+            let res = self.post(&body).await;
+            if let Ok(mut h) = stats.latency_us.lock() {
+                let _ = h.record(started.elapsed().as_micros().max(1) as u64);
+            }
+            match res {
                 Ok(202) => stats.accepted.fetch_add(1, Ordering::Relaxed),
+                Ok(200) => stats.answered.fetch_add(1, Ordering::Relaxed),
                 Ok(_) => stats.failed.fetch_add(1, Ordering::Relaxed),
                 Err(_) => {
                     stats.failed.fetch_add(1, Ordering::Relaxed);

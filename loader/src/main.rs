@@ -116,6 +116,13 @@ pub struct Common {
     /// Keep-alive connections publishing at once with `--publish-http` (addressed).
     #[arg(long, default_value_t = 32, global = true)]
     pub http_connections: usize,
+    /// Clients acknowledge every message they get (a `received` receipt).
+    #[arg(long, global = true)]
+    pub ack: bool,
+    /// With `--publish-http`: each publish waits for a `received` receipt (`await`), up to
+    /// this many milliseconds; the answer's latency is the publish-to-receipt time.
+    #[arg(long, global = true)]
+    pub await_receipt_ms: Option<u64>,
     /// Give up waiting for deliveries after this long.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration, global = true)]
     pub timeout: Duration,

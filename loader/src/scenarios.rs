@@ -547,10 +547,31 @@ pub async fn addressed(
             sent += 1;
         }
     }
-    let refused = publisher.finish().await?;
+    let http = publisher.finish_stats().await?;
     let publish_secs = started.elapsed().as_secs_f64();
-    if c.publish_http {
-        r.value("http_refused", refused);
+    if let Some(stats) = http {
+        r.value("http_refused", stats.failed.load(Ordering::Relaxed));
+        if c.await_receipt_ms.is_some() {
+            let answered = stats.answered.load(Ordering::Relaxed);
+            r.figure(
+                "receipts_answered",
+                answered,
+                format!(
+                    "{answered} publishes answered 200 with their receipt, {} at the timeout (202)",
+                    stats.accepted.load(Ordering::Relaxed)
+                ),
+            );
+            if let Ok(h) = stats.latency_us.lock() {
+                let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+                r.figure(
+                    "receipt_p50_ms",
+                    q(0.5),
+                    format!("publish to receipt (HTTP call with await): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms", q(0.5), q(0.99), h.max() as f64 / 1000.0),
+                );
+                r.value("receipt_p99_ms", q(0.99));
+                r.value("receipt_max_ms", h.max() as f64 / 1000.0);
+            }
+        }
     }
     let complete = wait_for(&shared, c.timeout, |s| {
         s.deliveries.load(Ordering::Relaxed) >= sent as u64
@@ -1330,6 +1351,8 @@ pub async fn soak(c: &Common, plan: SoakPlan) -> anyhow::Result<Report> {
 enum Publisher {
     Nats(async_nats::Client),
     Http(crate::http_pub::HttpPublisher),
+    /// Each publish waits for a receipt up to this many milliseconds.
+    HttpAwait(crate::http_pub::HttpPublisher, u64),
 }
 
 impl Publisher {
@@ -1338,7 +1361,10 @@ impl Publisher {
             let hub = *c.hubs.first().context("--publish-http needs a --hub")?;
             let p = crate::http_pub::HttpPublisher::start(hub, c.api_key.clone(), http_connections)
                 .await?;
-            return Ok(Publisher::Http(p));
+            return Ok(match c.await_receipt_ms {
+                Some(ms) => Publisher::HttpAwait(p, ms),
+                None => Publisher::Http(p),
+            });
         }
         let nats = async_nats::connect(&c.nats_url)
             .await
@@ -1359,18 +1385,32 @@ impl Publisher {
                 h.publish(format!(r#"{{"user":"{user}","data":{payload}}}"#))
                     .await
             }
+            Publisher::HttpAwait(h, ms) => {
+                h.publish(format!(
+                    r#"{{"user":"{user}","data":{payload},"await":{{"status":"received","timeout_ms":{ms}}}}}"#
+                ))
+                .await
+            }
         }
     }
 
     /// Wait until everything published left (NATS) or was answered (HTTP); how many the
     /// hub refused.
     async fn finish(self) -> anyhow::Result<u64> {
+        Ok(self
+            .finish_stats()
+            .await?
+            .map_or(0, |s| s.failed.load(Ordering::Relaxed)))
+    }
+
+    /// As `finish`, with the HTTP publisher's counters (None over NATS).
+    async fn finish_stats(self) -> anyhow::Result<Option<Arc<crate::http_pub::Stats>>> {
         match self {
             Publisher::Nats(n) => {
                 n.flush().await?;
-                Ok(0)
+                Ok(None)
             }
-            Publisher::Http(h) => Ok(h.finish().await.failed.load(Ordering::Relaxed)),
+            Publisher::Http(h) | Publisher::HttpAwait(h, _) => Ok(Some(h.finish().await)),
         }
     }
 }
