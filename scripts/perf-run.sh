@@ -507,6 +507,11 @@ nats_subs() {
   curl -sf "http://127.0.0.1:$NATS_JS_MONITOR/subsz" | grep -o '"num_subscriptions": *[0-9]*' | grep -o '[0-9]*$'
 }
 
+# receipt_subs: the pods' subscriptions to receipts (subjects with ".receipts."), from /connz.
+receipt_subs() {
+  curl -sf "http://127.0.0.1:$NATS_JS_MONITOR/connz?subs=1&limit=1024" | grep -o '"[^"]*\.receipts\.[^"]*"' | wc -l
+}
+
 receipts() {
   start_js_nats
   local BUS=(--nats-url "$NATS_JS")
@@ -549,10 +554,12 @@ receipts() {
     sleep 0.1
   done
   subs_during=$(nats_subs)
+  local receipt_subs_during
+  receipt_subs_during=$(receipt_subs)
   rss_during=$(rss_kib "${POD_PIDS[0]}")
-  echo "   $pending publishes waiting: NATS subscriptions $subs_before -> $subs_during, herald RSS $rss_before -> $rss_during KiB"
-  printf '{"scenario":"awaits_pending","pending":%s,"nats_subs_before":%s,"nats_subs_during":%s,"rss_before_kib":%s,"rss_during_kib":%s}\n' \
-    "$pending" "$subs_before" "$subs_during" "$rss_before" "$rss_during" | tee -a "$OUT"
+  echo "   $pending publishes waiting: NATS subscriptions $subs_before -> $subs_during (1,000 are the sessions' users; receipt subscriptions: $receipt_subs_during), herald RSS $rss_before -> $rss_during KiB (1,000 sessions and 1,000 HTTP connections included)"
+  printf '{"scenario":"awaits_pending","pending":%s,"nats_subs_before":%s,"nats_subs_during":%s,"receipt_subs_during":%s,"rss_before_kib":%s,"rss_during_kib":%s}\n' \
+    "$pending" "$subs_before" "$subs_during" "$receipt_subs_during" "$rss_before" "$rss_during" | tee -a "$OUT"
   wait "$loader" || true
   tail -n 1 "$WORK/awaits.txt" | tee -a "$OUT"
   stop_pods
