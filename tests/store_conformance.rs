@@ -89,6 +89,7 @@ for_every_engine!(
     foreign_ahead_and_garbage_cursors_never_recover,
     history_pages_oldest_first,
     receipts_are_kept_beside_their_messages_and_unacked_pages,
+    receipts_expire_with_their_messages,
 );
 
 async fn publish_answers_and_frames_carry_one_cursor(engine: Engine) {
@@ -376,4 +377,40 @@ async fn receipts_are_kept_beside_their_messages_and_unacked_pages(engine: Engin
     )
     .await;
     assert_eq!(status, 400, "{body}");
+}
+
+async fn receipts_expire_with_their_messages(engine: Engine) {
+    let k = start(engine, &["--retention", "1s"]).await;
+    let (mut ws, _) = connect(&url(&k.hub, "u1", "")).await;
+    let (status, _) = k
+        .hub
+        .publish(serde_json::json!({"user": "u1", "id": "old", "data": {"n": 1}}))
+        .await;
+    assert_eq!(status, 202);
+    read_messages(&mut ws, 1).await;
+    ack(&mut ws, "old", "printed").await;
+    k.hub
+        .wait_json("/api/v1/history/u1", WAIT, |v| {
+            v["messages"][0]["receipts"]
+                .as_array()
+                .is_some_and(|r| r.len() == 1)
+        })
+        .await;
+    // Retention passes: the message and its receipt go together.
+    k.hub
+        .wait_json("/api/v1/history/u1", Duration::from_secs(15), |v| {
+            v["messages"].as_array().is_some_and(|m| m.is_empty())
+        })
+        .await;
+    let h = history(&k.hub, "u1", "?unacked=printed").await;
+    assert_eq!(history_messages(&h), Vec::<Value>::new(), "{engine:?}: {h}");
+    // Paging goes on after retention: a new message is unacknowledged.
+    let (status, _) = k
+        .hub
+        .publish(serde_json::json!({"user": "u1", "id": "old-2", "data": {"n": 2}}))
+        .await;
+    assert_eq!(status, 202);
+    let h = history(&k.hub, "u1", "?unacked=printed").await;
+    assert_eq!(ns(&history_messages(&h)), vec![2], "{engine:?}: {h}");
+    assert_eq!(history_receipts(&h), vec![Vec::<String>::new()]);
 }
