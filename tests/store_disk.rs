@@ -208,6 +208,23 @@ async fn a_missing_or_unusable_data_dir_is_an_error_naming_it() {
         stderr.contains(&file) && stderr.contains("not a directory"),
         "{stderr}"
     );
+    // Read-only, even for root (whom the permission bits do not stop).
+    let locked = dir.0.join("read-only");
+    std::fs::create_dir(&locked).expect("dir");
+    let mut perms = std::fs::metadata(&locked).expect("meta").permissions();
+    perms.set_readonly(true);
+    std::fs::set_permissions(&locked, perms).expect("chmod");
+    let locked_path = locked.to_string_lossy().into_owned();
+    let (code, stderr) = refused(&["--durable", "--data-dir", &locked_path]).await;
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&locked_path) && stderr.contains("cannot write"),
+        "{stderr}"
+    );
+    let mut perms = std::fs::metadata(&locked).expect("meta").permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    let _ = std::fs::set_permissions(&locked, perms);
 }
 
 /// A small tmpfs, unmounted on drop.

@@ -268,6 +268,17 @@ fn check_dir(dir: &Path) -> Result<(), OpenError> {
         }
         Err(e) => return Err(OpenError::Unwritable(dir.to_path_buf(), e)),
         Ok(m) if !m.is_dir() => return Err(OpenError::NotADirectory(dir.to_path_buf())),
+        // Root writes through missing write bits: a directory made read-only is refused
+        // all the same, as it would be for anyone else.
+        Ok(m) if m.permissions().readonly() => {
+            return Err(OpenError::Unwritable(
+                dir.to_path_buf(),
+                std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "the directory has no write permission",
+                ),
+            ))
+        }
         Ok(_) => {}
     }
     // Permission bits do not tell (root, read-only mounts): try it.
