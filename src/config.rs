@@ -223,6 +223,10 @@ pub struct ServeArgs {
     /// How long a closing session waits for the peer's close frame.
     #[arg(long, env = "HERALD_CLOSE_GRACE", default_value = "2s", value_parser = duration)]
     pub close_grace: Duration,
+    /// Handshakes admitted per second per pod (burst of one second); beyond it the upgrade
+    /// completes and is closed with 1013. 0 = unlimited.
+    #[arg(long, env = "HERALD_CONNECT_RATE", default_value_t = 0)]
+    pub connect_rate: u32,
     /// TCP accept backlog (the kernel caps it at net.core.somaxconn).
     #[arg(long, env = "HERALD_LISTEN_BACKLOG", default_value_t = 4096)]
     pub listen_backlog: u32,
@@ -402,6 +406,8 @@ pub struct Config {
     pub store: Option<StoreConfig>,
     pub allowed_origins: crate::origin::AllowedOrigins,
     pub listen_backlog: u32,
+    /// Handshakes admitted per second (0 = unlimited).
+    pub connect_rate: u32,
     pub log_format: LogFormat,
 }
 
@@ -427,6 +433,7 @@ impl std::fmt::Debug for Config {
             .field("store", &self.store)
             .field("allowed_origins", &self.allowed_origins)
             .field("listen_backlog", &self.listen_backlog)
+            .field("connect_rate", &self.connect_rate)
             .field("log_format", &self.log_format)
             .finish_non_exhaustive()
     }
@@ -602,6 +609,7 @@ impl Config {
             },
             allowed_origins,
             listen_backlog: args.listen_backlog,
+            connect_rate: args.connect_rate,
             drain_timeout: args.drain_timeout,
             store,
             log_format: args.log_format,

@@ -146,6 +146,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
         discovered: Arc::new(AtomicBool::new(config.standalone())),
         durable: durable.clone(),
         receipts: crate::receipts::Receipts::new(bus.clone(), subjects.clone(), metrics.clone()),
+        connect_rate: crate::http::connect_rate::ConnectRate::new(config.connect_rate),
     });
     if config.api_key.is_none() && !local.ip().is_loopback() {
         tracing::warn!("no API key configured: /api/v1 answers 401 (set --api-key)");

@@ -70,7 +70,7 @@ export interface HeraldOptions {
   EventSource?: (new (url: string, init?: { withCredentials?: boolean }) => EventSourceLike) | null;
   /** fetch, for the SSE transport's POSTs. Default globalThis.fetch; `null` disables SSE. */
   fetch?: ((url: string, init: FetchInitLike) => Promise<FetchResponseLike>) | null;
-  /** Reconnect backoff: delay = random(0, min(maxMs, initialMs * 2^attempt)). Default {initialMs: 500, maxMs: 30000}. */
+  /** Reconnect backoff: delay = random(0, min(maxMs, initialMs * 2^attempt)); after a 1013, 1 s + random(0, min(maxMs, max(5 s, initialMs * 2^(attempt+3)))). Default {initialMs: 500, maxMs: 30000}. */
   backoff?: { initialMs?: number; maxMs?: number };
   /** Application ping interval while open and visible; 0 disables. Default 20000. */
   pingIntervalMs?: number;
@@ -152,6 +152,12 @@ export interface HeraldStateInfo {
   /** For "reconnecting": how long until the next attempt, and which attempt it is. */
   delayMs?: number;
   attempt?: number;
+  /**
+   * For "reconnecting": how many 1013 closes (the pod admitting handshakes slower than they
+   * arrive, `--connect-rate`) this client has had. After one the delay is 1 s plus a random
+   * share of max(5 s, initialMs * 2^(attempt+3)), at most maxMs.
+   */
+  tryLater?: number;
   /** The transport of the connection this state is about (the one that opened, closed or is being tried). */
   transport: HeraldTransport;
 }

@@ -7,7 +7,11 @@
 // Close codes after which reconnecting cannot help: normal close, a policy or size
 // violation (the same frames would be refused again), a newer session took over this
 // device (reconnecting would steal it back in a loop), or an operator disconnect.
-const NO_RECONNECT = new Set([1000, 1008, 1009, 4001, 4004]);
+const NO_RECONNECT = new Set([1000, 1008, 1009, 4001, 4004, 4009]);
+// After 1013 (the pod admits connections slower than they arrive) the next try waits at
+// least TRY_LATER_MIN_MS plus a random share of a window of TRY_LATER_WINDOW_MS or more.
+const TRY_LATER_MIN_MS = 1000;
+const TRY_LATER_WINDOW_MS = 5000;
 
 // Error frames that answer a `subscribe`. The frame carries no topic, but the server
 // answers frames in order, so the oldest unanswered subscribe is the one refused.
@@ -100,6 +104,7 @@ export class HeraldClient {
     this._expMs = undefined;     // when the current session's credentials expire (ms)
     this._refreshing = null;     // a refresh in progress: {} while fetching, then {token, at}
     this._attempt = 0;           // failed attempts since the last welcome; drives backoff
+    this._tryLater = 0;          // 1013 closes seen (the pod was admitting too many at once)
     this._gen = 0;               // bumps on every attempt/close; stale async work checks it
     this._stopped = true;
     this._awaitingPong = false;
@@ -341,7 +346,14 @@ export class HeraldClient {
   _scheduleReconnect(code, reason) {
     const { initialMs, maxMs } = this._backoff;
     let windowMs;
-    if (code === 1012) {
+    let minMs = 0;
+    if (code === 1013) {
+      // A storm: the pod turned this handshake away. Come back later than a plain
+      // failure would, spread out, and further apart each time.
+      this._tryLater++;
+      minMs = TRY_LATER_MIN_MS;
+      windowMs = Math.min(maxMs, Math.max(TRY_LATER_WINDOW_MS, initialMs * 2 ** (this._attempt + 3)));
+    } else if (code === 1012) {
       // The pod is restarting or draining: every client it had comes back at once,
       // so spread them over a window rather than the short first backoff step.
       windowMs = Math.max(this._restartMs, initialMs);
@@ -350,9 +362,9 @@ export class HeraldClient {
       const step = code === 4029 ? Math.max(this._attempt, 3) : this._attempt;
       windowMs = Math.min(maxMs, initialMs * 2 ** step);
     }
-    const delayMs = Math.floor(this._random() * windowMs); // full jitter: uniform in [0, window)
+    const delayMs = minMs + Math.floor(this._random() * windowMs); // full jitter over the window
     this._attempt++;
-    this._setState('reconnecting', { code, reason, delayMs, attempt: this._attempt }, true);
+    this._setState('reconnecting', { code, reason, delayMs, attempt: this._attempt, tryLater: this._tryLater }, true);
     this._timers.reconnect = this._setTimeout(() => {
       this._timers.reconnect = null;
       this._open();

@@ -23,10 +23,14 @@ pub enum CloseCode {
     SlowConsumer,
     /// 4029: upstream rate limit.
     RateLimited,
+    /// 1013: try again later, the pod admits connections slower than they arrive.
+    TryAgainLater,
+    /// 4009: over the user's session limit, counted across the cluster.
+    OverUserLimit,
 }
 
 impl CloseCode {
-    pub const ALL: [CloseCode; 10] = [
+    pub const ALL: [CloseCode; 12] = [
         CloseCode::Normal,
         CloseCode::PolicyViolation,
         CloseCode::TooBig,
@@ -37,6 +41,8 @@ impl CloseCode {
         CloseCode::Disconnected,
         CloseCode::SlowConsumer,
         CloseCode::RateLimited,
+        CloseCode::TryAgainLater,
+        CloseCode::OverUserLimit,
     ];
 
     pub fn code(self) -> u16 {
@@ -51,6 +57,8 @@ impl CloseCode {
             CloseCode::Disconnected => 4004,
             CloseCode::SlowConsumer => 4008,
             CloseCode::RateLimited => 4029,
+            CloseCode::TryAgainLater => 1013,
+            CloseCode::OverUserLimit => 4009,
         }
     }
 
@@ -67,6 +75,7 @@ impl CloseCode {
                 | CloseCode::TokenExpired
                 | CloseCode::SlowConsumer
                 | CloseCode::RateLimited
+                | CloseCode::TryAgainLater
         )
     }
 
@@ -83,6 +92,8 @@ impl CloseCode {
             CloseCode::Disconnected => "disconnected",
             CloseCode::SlowConsumer => "slow_consumer",
             CloseCode::RateLimited => "rate_limited",
+            CloseCode::TryAgainLater => "try_again_later",
+            CloseCode::OverUserLimit => "over_user_limit",
         }
     }
 }
@@ -101,7 +112,7 @@ mod tests {
             .filter(|c| c.should_reconnect())
             .map(CloseCode::code)
             .collect();
-        assert_eq!(reconnect, vec![1012, 4002, 4003, 4008, 4029]);
+        assert_eq!(reconnect, vec![1012, 4002, 4003, 4008, 4029, 1013]);
         assert_eq!(CloseCode::from_code(1001), None);
     }
 }

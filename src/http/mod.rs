@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod connect_rate;
 pub mod demo;
 pub mod health;
 pub mod history;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub allowed_origins: crate::origin::AllowedOrigins,
     /// HTTP publishes waiting for delivery receipts.
     pub receipts: Arc<crate::receipts::Receipts>,
+    /// `--connect-rate`: handshakes admitted per second.
+    pub connect_rate: connect_rate::ConnectRate,
 }
 
 impl AppState {

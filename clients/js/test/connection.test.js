@@ -293,3 +293,26 @@ test('requires url, user and a WebSocket implementation', () => {
     if (saved) globalThis.WebSocket = saved;
   }
 });
+
+test('after a 1013 the client waits longer, spread out, and counts it; 4009 is final', async () => {
+  const t = setup({ random: () => 0.5 });
+  const states = [];
+  t.client.on('state', (state, info) => states.push({ state, ...info }));
+  t.client.connect();
+  await flush();
+  t.ws.last().open();
+  t.ws.last().serverClose(1013);
+  await flush();
+  const r = states.filter((s) => s.state === 'reconnecting').at(-1);
+  assert.equal(r.code, 1013);
+  assert.equal(r.tryLater, 1);
+  // 1 s plus half of max(5 s, 500 ms * 2^3 = 4 s).
+  assert.equal(r.delayMs, 1000 + 2500);
+  t.clock.advance(r.delayMs);
+  await flush();
+  t.ws.last().open();
+  t.ws.last().serverClose(4009);
+  await flush();
+  assert.equal(states.at(-1).state, 'closed');
+  assert.equal(states.at(-1).code, 4009);
+});

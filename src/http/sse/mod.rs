@@ -30,6 +30,24 @@ fn refused(Refusal(status, reason): Refusal) -> HttpResponse {
 
 /// `GET /sse/{userId}`: refuse as plain HTTP, or start a session and stream its events.
 pub async fn stream(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if !state.is_draining() && !state.connect_rate.admit() {
+        // Over `--connect-rate`: the stream opens and closes at once with 1013.
+        let code = herald_proto::CloseCode::TryAgainLater;
+        let mut body = bytes::BytesMut::new();
+        event::write_close(&mut body, code.code(), code.reason());
+        state
+            .metrics
+            .closes
+            .get_or_create(&crate::metrics::CodeLabels { code: code.code() })
+            .inc();
+        return HttpResponse::Ok()
+            .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+            .insert_header((header::CACHE_CONTROL, "no-cache"))
+            // Streamed like every event stream (chunked), then ended.
+            .streaming(futures_util::stream::once(async move {
+                Ok::<_, std::convert::Infallible>(body.freeze())
+            }));
+    }
     match open(&req, &state).await {
         Ok(body) => HttpResponse::Ok()
             .insert_header((header::CONTENT_TYPE, "text/event-stream"))

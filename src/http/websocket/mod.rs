@@ -31,6 +31,26 @@ const PATH: &str = "/websocket/";
 pub async fn serve(state: web::Data<AppState>, req: Request, framed: Framed<TcpStream, h1::Codec>) {
     let parts = framed.into_parts();
     let mut io = parts.io;
+    if let Some(key) = over_connect_rate(&state, &req) {
+        // Answered as an upgrade and closed at once: a browser can read 1013.
+        let accept = actix_http::ws::hash_key(key.as_bytes());
+        let mut out = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {}\r\n\r\n",
+            String::from_utf8_lossy(&accept)
+        )
+        .into_bytes();
+        out.extend_from_slice(&super::connect_rate::close_frame());
+        state
+            .metrics
+            .closes
+            .get_or_create(&crate::metrics::CodeLabels {
+                code: herald_proto::CloseCode::TryAgainLater.code(),
+            })
+            .inc();
+        let _ = io.write_all(&out).await;
+        let _ = io.shutdown().await;
+        return;
+    }
     match admit(&state, &req).await {
         Err(Refusal(status, reason)) => {
             let _ = io
@@ -71,6 +91,21 @@ pub async fn serve(state: web::Data<AppState>, req: Request, framed: Framed<TcpS
             ctx.run(session);
         }
     }
+}
+
+/// The handshake's key when it is a valid WebSocket upgrade for a pod that takes
+/// connections but is over `--connect-rate` (a bad request is refused the usual way).
+fn over_connect_rate(state: &AppState, req: &Request) -> Option<String> {
+    if state.is_draining() || actix_http::ws::verify_handshake(req.head()).is_err() {
+        return None;
+    }
+    if state.connect_rate.admit() {
+        return None;
+    }
+    req.headers()
+        .get(actix_http::header::SEC_WEBSOCKET_KEY)
+        .and_then(|k| k.to_str().ok())
+        .map(str::to_string)
 }
 
 /// The WebSocket checks, then the shared admission. Answers the admitted session and the
