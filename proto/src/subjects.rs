@@ -100,6 +100,18 @@ impl Subjects {
         format!("{}.events.presence.{user}", self.prefix)
     }
 
+    /// `<prefix>.events.presence.*`: every user's presence events (the cluster-wide
+    /// per-user limit listens to the other pods').
+    pub fn presence_event_any(&self) -> String {
+        format!("{}.events.presence.*", self.prefix)
+    }
+
+    /// The user of a `<prefix>.events.presence.<id>` subject.
+    pub fn presence_event_user_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        self.strip(subject, "events.presence.")
+            .filter(|u| !u.is_empty() && !u.contains('.'))
+    }
+
     /// `<prefix>.events.pod`: pod up/draining/down events.
     pub fn pod_event(&self) -> String {
         format!("{}.events.pod", self.prefix)

@@ -76,6 +76,9 @@ pub async fn beacon_loop(
             continue;
         }
         let dead = pods.expire(Instant::now());
+        if !dead.is_empty() {
+            registry.do_send(crate::registry::user_limit::PodsGone(dead.clone()));
+        }
         let announcer = pods.is_announcer();
         for pod in dead {
             tracing::warn!(pod = %pod, "pod stopped answering; declaring it down");

@@ -54,6 +54,8 @@ impl ControlPlane {
                 subjects.presence_request_any(),
                 Some(PRESENCE_QUEUE.to_string()),
             ),
+            // The other pods' sessions, for the cluster-wide per-user limit.
+            (subjects.presence_event_any(), None),
         ];
         let mut subscriptions = Vec::new();
         for (subject, queue) in wanted {
@@ -87,6 +89,14 @@ impl ControlPlane {
             self.on_control(&msg, ctx);
         } else if msg.subject == self.subjects.ctl_query() {
             self.on_query(msg, ctx);
+        } else if self.subjects.presence_event_user_of(&msg.subject).is_some() {
+            match serde_json::from_slice::<herald_proto::events::PresenceEvent>(&msg.payload) {
+                Ok(e) if e.pod != self.pod => self
+                    .registry
+                    .do_send(crate::registry::user_limit::RemotePresence(e)),
+                Ok(_) => {}
+                Err(_) => tracing::debug!(subject = %msg.subject, "not a presence event"),
+            }
         } else if let Some(user) = self.subjects.presence_user_of(&msg.subject) {
             let user = user.to_string();
             self.on_presence_request(user, msg.reply, ctx);
@@ -193,7 +203,11 @@ impl ControlPlane {
                     });
                 }
             }
-            Control::Leaving { pod } => self.pods.leaving(&pod),
+            Control::Leaving { pod } => {
+                self.pods.leaving(&pod);
+                self.registry
+                    .do_send(crate::registry::user_limit::PodsGone(vec![pod]));
+            }
         }
     }
 

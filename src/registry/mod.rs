@@ -8,6 +8,8 @@
 //! socket no longer drains cannot keep itself registered.
 
 pub mod index;
+pub mod remote;
+pub mod user_limit;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,6 +74,8 @@ pub struct Registry {
     /// Durable mode: the sequence of the last message fanned out to each user with local
     /// sessions. A session attached now gets every later one live, so its replay ends here.
     last_seq: std::collections::HashMap<UserId, u64>,
+    /// The users' sessions on other pods, for the cluster-wide per-user limit.
+    remote: remote::RemoteSessions,
 }
 
 struct DrainState {
@@ -94,6 +98,7 @@ impl Registry {
             topic_subscriptions: 0,
             ping_slice: 0,
             last_seq: std::collections::HashMap::new(),
+            remote: remote::RemoteSessions::default(),
         }
     }
 
@@ -129,6 +134,7 @@ impl Registry {
         session: SessionId,
         device: Option<&DeviceId>,
         reason: Option<&str>,
+        at_ms: u64,
     ) {
         let event = PresenceEvent {
             user: user.to_string(),
@@ -142,7 +148,11 @@ impl Registry {
             device: device.map(|d| d.to_string()),
             pod: self.deps.pod.clone(),
             reason: reason.map(str::to_string),
-            at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            // A connect carries the attach time: every pod orders the user's sessions by it.
+            at: humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms),
+            )
+            .to_string(),
         };
         let payload = serde_json::to_vec(&event).unwrap_or_default();
         self.publish(Outbound::new(
@@ -171,7 +181,13 @@ impl Registry {
             }
         }
         self.topic_subscriptions -= entry.topics.len() as i64;
-        self.presence_event(&entry.user, id, entry.device.as_ref(), Some(reason));
+        self.presence_event(
+            &entry.user,
+            id,
+            entry.device.as_ref(),
+            Some(reason),
+            crate::clock::wall_ms(),
+        );
         self.update_gauges();
         self.check_drained();
         Some(entry)
@@ -316,6 +332,13 @@ impl Handler<Attach> for Registry {
             Ok(a) => a,
             Err(r) => return Box::pin(async move { Err(r) }),
         };
+        // The limit counts the user's sessions on every pod this pod has heard of.
+        let staying_here =
+            self.index.of_user(&user, None).count() - usize::from(admission.replaces.is_some());
+        let elsewhere = self.remote_sessions(&user, device.as_ref().map(|d| d.as_str()));
+        if elsewhere > 0 && staying_here + elsewhere + 1 > self.deps.limits.max_sessions_per_user {
+            return Box::pin(async { Err(Refusal::TooManySessions) });
+        }
         if let (Some(old), Some(d)) = (admission.replaces, device.as_ref()) {
             self.close(old, CloseCode::Replaced);
             self.index.record_takeover(&user, d, now);
@@ -352,7 +375,7 @@ impl Handler<Attach> for Registry {
                 shard: msg.shard,
             },
         );
-        self.presence_event(&user, msg.id, device.as_ref(), None);
+        self.presence_event(&user, msg.id, device.as_ref(), None, attached_ms);
         self.update_gauges();
         let known = self.last_seq.get(&user).copied();
         let Some(subscriber) = self.subscriber.clone() else {
