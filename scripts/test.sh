@@ -65,7 +65,8 @@ echo "== cargo test: the NATS test targets again, against nats-server $NATS_RELE
 HERALD_TEST_NATS_SERVER=$RELEASE_NATS cargo test \
   --test bus_conformance --test cluster --test durable --test durable_cluster --test load \
   --test nats_auth \
-  --test pod_discovery --test receipts --test sse --test store_conformance --test topics
+  --test pod_discovery --test receipts --test sse --test store_conformance --test topics \
+  --test cluster_limit --test rebalance
 
 echo "== benches run (smoke: each benchmark once, small sizes)"
 FANOUT_SIZES=100,1000 cargo test --benches

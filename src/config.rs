@@ -42,6 +42,21 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 25s, 2m)"))
 }
 
+/// A share: `2%` or `0.02`, above 0 and at most 1.
+fn share(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let v = match t.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|p| p / 100.0),
+        None => t.parse::<f64>(),
+    }
+    .map_err(|_| format!("{s:?} is not a share (examples: 2%, 0.02)"))?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s:?}: a share above 0 and at most 100%"))
+    }
+}
+
 /// A size in bytes: a number with an optional unit (`64MiB`, `512KiB`, `1GiB`, `100MB`).
 fn byte_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -227,6 +242,16 @@ pub struct ServeArgs {
     /// completes and is closed with 1013. 0 = unlimited.
     #[arg(long, env = "HERALD_CONNECT_RATE", default_value_t = 0)]
     pub connect_rate: u32,
+    /// NATS mode: shed sessions with 1012 when this pod holds more than --rebalance-above
+    /// times the cluster's mean (after a scale-out).
+    #[arg(long, env = "HERALD_REBALANCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub rebalance: bool,
+    /// Shed above this multiple of the mean connections of the ready pods.
+    #[arg(long, env = "HERALD_REBALANCE_ABOVE", default_value_t = 1.2)]
+    pub rebalance_above: f64,
+    /// At most this share of the pod's sessions shed per second (`2%` or `0.02`).
+    #[arg(long, env = "HERALD_REBALANCE_RATE", default_value = "2%", value_parser = share)]
+    pub rebalance_rate: f64,
     /// TCP accept backlog (the kernel caps it at net.core.somaxconn).
     #[arg(long, env = "HERALD_LISTEN_BACKLOG", default_value_t = 4096)]
     pub listen_backlog: u32,
@@ -408,6 +433,8 @@ pub struct Config {
     pub listen_backlog: u32,
     /// Handshakes admitted per second (0 = unlimited).
     pub connect_rate: u32,
+    /// Rebalancing after scale-out (NATS mode), when enabled.
+    pub rebalance: Option<crate::control::rebalance::Rebalance>,
     pub log_format: LogFormat,
 }
 
@@ -434,6 +461,7 @@ impl std::fmt::Debug for Config {
             .field("allowed_origins", &self.allowed_origins)
             .field("listen_backlog", &self.listen_backlog)
             .field("connect_rate", &self.connect_rate)
+            .field("rebalance", &self.rebalance)
             .field("log_format", &self.log_format)
             .finish_non_exhaustive()
     }
@@ -569,6 +597,10 @@ impl Config {
                 crate::origin::AllowedOrigins::default()
             }
         };
+        if !(args.rebalance_above > 1.0 && args.rebalance_above.is_finite()) {
+            problems
+                .push("--rebalance-above must be above 1 (1.2: shed above 1.2 x the mean)".into());
+        }
         if args.close_grace.is_zero() {
             problems.push("--close-grace must be above zero".into());
         }
@@ -610,6 +642,12 @@ impl Config {
             allowed_origins,
             listen_backlog: args.listen_backlog,
             connect_rate: args.connect_rate,
+            rebalance: args
+                .rebalance
+                .then_some(crate::control::rebalance::Rebalance {
+                    above: args.rebalance_above,
+                    rate: args.rebalance_rate,
+                }),
             drain_timeout: args.drain_timeout,
             store,
             log_format: args.log_format,

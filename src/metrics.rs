@@ -109,6 +109,9 @@ pub struct Metrics {
     pub receipts: Counter,
     pub awaits_pending: Gauge,
     pub awaits: Family<OutcomeLabels, Counter>,
+    /// Rebalancing (§4): sessions shed, and the pod's bound (0 while it would not shed).
+    pub rebalance_shed: Counter,
+    pub rebalance_bound: Gauge,
 }
 
 /// The JWKS key cache's health (`--jwt-jwks-url`).
@@ -179,6 +182,8 @@ impl Metrics {
             receipts: Counter::default(),
             awaits_pending: Gauge::default(),
             awaits: Family::default(),
+            rebalance_shed: Counter::default(),
+            rebalance_bound: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -307,6 +312,16 @@ impl Metrics {
             "awaits",
             "HTTP publishes that waited for a receipt, by outcome (answered, timed_out)",
             m.awaits.clone(),
+        );
+        registry.register(
+            "rebalance_shed",
+            "Sessions this pod closed with 1012 (reason rebalance) to even out the cluster",
+            m.rebalance_shed.clone(),
+        );
+        registry.register(
+            "rebalance_bound",
+            "Connections above which this pod sheds: --rebalance-above x the cluster's mean (0 while it would not shed: alone, a pod draining or starting)",
+            m.rebalance_bound.clone(),
         );
         for outcome in [AWAIT_ANSWERED, AWAIT_TIMED_OUT] {
             let _ = m.awaits.get_or_create(&OutcomeLabels { outcome });

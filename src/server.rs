@@ -159,6 +159,14 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
     let leaving = Arc::new(AtomicBool::new(false));
     if !config.standalone() {
         actix::spawn(discover(state.cluster.clone(), state.discovered.clone()));
+        if let Some(r) = config.rebalance {
+            actix::spawn(crate::control::rebalance::rebalance_loop(
+                pods.clone(),
+                registry.clone(),
+                r,
+                metrics.clone(),
+            ));
+        }
         actix::spawn(beacon_loop(
             bus.clone(),
             subjects.clone(),

@@ -27,10 +27,12 @@ pub enum CloseCode {
     TryAgainLater,
     /// 4009: over the user's session limit, counted across the cluster.
     OverUserLimit,
+    /// 1012 with reason `rebalance`: shed so the cluster's pods even out (§4).
+    Rebalance,
 }
 
 impl CloseCode {
-    pub const ALL: [CloseCode; 12] = [
+    pub const ALL: [CloseCode; 13] = [
         CloseCode::Normal,
         CloseCode::PolicyViolation,
         CloseCode::TooBig,
@@ -43,6 +45,8 @@ impl CloseCode {
         CloseCode::RateLimited,
         CloseCode::TryAgainLater,
         CloseCode::OverUserLimit,
+        // The same code as Restart, another reason: `from_code` answers Restart.
+        CloseCode::Rebalance,
     ];
 
     pub fn code(self) -> u16 {
@@ -59,6 +63,7 @@ impl CloseCode {
             CloseCode::RateLimited => 4029,
             CloseCode::TryAgainLater => 1013,
             CloseCode::OverUserLimit => 4009,
+            CloseCode::Rebalance => 1012,
         }
     }
 
@@ -76,6 +81,7 @@ impl CloseCode {
                 | CloseCode::SlowConsumer
                 | CloseCode::RateLimited
                 | CloseCode::TryAgainLater
+                | CloseCode::Rebalance
         )
     }
 
@@ -94,6 +100,7 @@ impl CloseCode {
             CloseCode::RateLimited => "rate_limited",
             CloseCode::TryAgainLater => "try_again_later",
             CloseCode::OverUserLimit => "over_user_limit",
+            CloseCode::Rebalance => "rebalance",
         }
     }
 }
@@ -105,14 +112,17 @@ mod tests {
     #[test]
     fn codes_round_trip_and_reconnect_rules_match_the_table() {
         for c in CloseCode::ALL {
-            assert_eq!(CloseCode::from_code(c.code()), Some(c));
+            let back = CloseCode::from_code(c.code());
+            assert!(
+                back == Some(c) || (c == CloseCode::Rebalance && back == Some(CloseCode::Restart))
+            );
         }
         let reconnect: Vec<u16> = CloseCode::ALL
             .into_iter()
             .filter(|c| c.should_reconnect())
             .map(CloseCode::code)
             .collect();
-        assert_eq!(reconnect, vec![1012, 4002, 4003, 4008, 4029, 1013]);
+        assert_eq!(reconnect, vec![1012, 4002, 4003, 4008, 4029, 1013, 1012]);
         assert_eq!(CloseCode::from_code(1001), None);
     }
 }

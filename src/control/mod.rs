@@ -8,6 +8,7 @@
 pub mod beacon;
 pub mod cluster;
 pub mod pods;
+pub mod rebalance;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -20,6 +20,8 @@ pub const POD_DEAD_AFTER: Duration = Duration::from_secs(4);
 #[derive(Debug, Clone)]
 pub struct PodInfo {
     pub last_beacon: Instant,
+    /// The first beacon of this run of the pod (a pod beaconing a while is serving).
+    pub first_seen: Instant,
     pub started: u64,
     pub draining: bool,
     pub connections: u64,
@@ -90,10 +92,17 @@ impl PodTable {
             .is_some_and(|(_, run)| run == started);
         // Judge the announcer before the returning pod is back in the table.
         let announce = was_down && self.is_announcer();
-        self.lock().insert(
+        let now = Instant::now();
+        let mut pods = self.lock();
+        let first_seen = pods
+            .get(pod)
+            .filter(|p| p.started == started)
+            .map_or(now, |p| p.first_seen);
+        pods.insert(
             pod.to_string(),
             PodInfo {
-                last_beacon: Instant::now(),
+                last_beacon: now,
+                first_seen,
                 started,
                 draining,
                 connections,
@@ -132,6 +141,22 @@ impl PodTable {
     pub fn is_announcer(&self) -> bool {
         let pods = self.lock();
         pods.keys().all(|name| self.me.as_str() < name.as_str())
+    }
+
+    /// The other live pods as the rebalancer sees them: connections, draining, and whether
+    /// they have been beaconing for `settled` (so are serving, not just starting).
+    pub fn others(&self, settled: Duration) -> Vec<(u64, bool, bool)> {
+        let now = Instant::now();
+        self.lock()
+            .values()
+            .map(|p| {
+                (
+                    p.connections,
+                    p.draining,
+                    now.duration_since(p.first_seen) >= settled,
+                )
+            })
+            .collect()
     }
 
     /// Names of live pods, this one first.

@@ -9,6 +9,7 @@
 
 pub mod index;
 pub mod remote;
+pub mod shed;
 pub mod user_limit;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use crate::mailbox::{
 use crate::message::{Delivery, Target};
 use crate::metrics::{MapLabels, Metrics, SourceLabel, SourceLabels};
 pub use index::{Entry, Index, Limits, Refusal};
+pub use shed::Shed;
 
 /// How often the sweep looks for idle and expired sessions, at most.
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -76,6 +78,8 @@ pub struct Registry {
     last_seq: std::collections::HashMap<UserId, u64>,
     /// The users' sessions on other pods, for the cluster-wide per-user limit.
     remote: remote::RemoteSessions,
+    /// Clients shed for rebalancing lately.
+    shed_recently: shed::ShedRecently,
 }
 
 struct DrainState {
@@ -99,6 +103,7 @@ impl Registry {
             ping_slice: 0,
             last_seq: std::collections::HashMap::new(),
             remote: remote::RemoteSessions::default(),
+            shed_recently: shed::ShedRecently::new(),
         }
     }
 
@@ -630,6 +635,8 @@ pub struct LocalStats;
 #[derive(Debug, Clone, Copy, MessageResponse)]
 pub struct LocalCounts {
     pub connections: u64,
+    /// Sessions not closing (the rebalancer's count: closing ones are leaving already).
+    pub sessions: u64,
     pub users: u64,
     pub topics: u64,
     pub draining: bool,
@@ -640,6 +647,7 @@ impl Handler<LocalStats> for Registry {
     fn handle(&mut self, _: LocalStats, _: &mut Context<Self>) -> LocalCounts {
         LocalCounts {
             connections: self.index.open_connections() as u64,
+            sessions: self.index.connections() as u64,
             users: self.index.users() as u64,
             topics: self.index.topic_count() as u64,
             draining: self.draining,
