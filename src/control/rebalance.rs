@@ -22,10 +22,10 @@ use crate::registry::{LocalStats, Registry, Shed};
 pub const INTERVAL: Duration = Duration::from_secs(1);
 /// A pod beaconing this long is taken as serving (its first answers to the load balancer).
 pub const SETTLED: Duration = Duration::from_secs(3);
-/// Sessions shed within this long still count in the cluster's total: their clients are
-/// on their way back (after a random delay) to some pod, and counting them keeps the bound
-/// from sinking while they are away, which would shed more than the excess.
-pub const IN_FLIGHT: Duration = Duration::from_secs(30);
+/// The cluster's total is taken as the highest seen within this long: the clients of shed
+/// sessions are on their way back (after a random delay) to some pod, and while they are
+/// away the total dips; a bound computed from the dip would shed more than the excess.
+pub const PEAK_WINDOW: Duration = Duration::from_secs(30);
 /// A pod with fewer sessions never sheds: moving a handful evens out nothing that matters,
 /// and each costs a reconnect.
 pub const MIN_SESSIONS: u64 = 100;
@@ -47,13 +47,13 @@ pub struct Plan {
 }
 
 /// The plan for a pod with `mine` sessions among `others` (connections, draining,
-/// serving), `in_flight` shed lately and not yet counted anywhere, or None when it must
-/// not shed at all.
+/// serving), the cluster's total taken as at least `peak_total`, or None when it must not
+/// shed at all.
 pub fn plan(
     mine: u64,
     me_draining: bool,
     others: &[(u64, bool, bool)],
-    in_flight: u64,
+    peak_total: u64,
     r: Rebalance,
 ) -> Option<Plan> {
     if me_draining
@@ -64,7 +64,7 @@ pub fn plan(
     {
         return None;
     }
-    let total: u64 = mine + in_flight + others.iter().map(|(c, _, _)| c).sum::<u64>();
+    let total: u64 = (mine + others.iter().map(|(c, _, _)| c).sum::<u64>()).max(peak_total);
     let mean = total as f64 / (others.len() + 1) as f64;
     let bound = (r.above * mean).ceil() as u64;
     let excess = if mine < MIN_SESSIONS {
@@ -89,26 +89,31 @@ pub async fn rebalance_loop(
 ) {
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shed_lately: std::collections::VecDeque<(std::time::Instant, u64)> =
+    let mut totals: std::collections::VecDeque<(std::time::Instant, u64)> =
         std::collections::VecDeque::new();
     loop {
         tick.tick().await;
         let Ok(counts) = registry.send(LocalStats).await else {
             return;
         };
-        while shed_lately
-            .front()
-            .is_some_and(|(at, _)| at.elapsed() >= IN_FLIGHT)
-        {
-            shed_lately.pop_front();
-        }
-        let in_flight: u64 = shed_lately.iter().map(|(_, n)| n).sum();
         let others = pods.others(SETTLED);
+        let now = std::time::Instant::now();
+        while totals
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= PEAK_WINDOW)
+        {
+            totals.pop_front();
+        }
+        totals.push_back((
+            now,
+            counts.sessions + others.iter().map(|(c, _, _)| c).sum::<u64>(),
+        ));
+        let peak_total = totals.iter().map(|(_, t)| *t).max().unwrap_or(0);
         match plan(
             counts.sessions,
             counts.draining,
             &others,
-            in_flight,
+            peak_total,
             settings,
         ) {
             Some(p) => {
@@ -122,8 +127,7 @@ pub async fn rebalance_loop(
                         shedding = p.shed,
                         "over the cluster's mean: shedding sessions"
                     );
-                    let shed = registry.send(Shed { count: p.shed }).await.unwrap_or(0);
-                    shed_lately.push_back((std::time::Instant::now(), shed as u64));
+                    registry.do_send(Shed { count: p.shed });
                 }
             }
             None => {
@@ -163,12 +167,12 @@ mod tests {
         )
         .expect("plan");
         assert_eq!(p.shed, 0, "2,410 is within 1.2 × 2,333");
-        // Shed sessions on their way back still count: the bound does not sink.
+        // While shed clients are on their way back the total dips: the peak holds the bound.
         let p = plan(
             2450,
             false,
             &[(3000, false, true), (0, false, true)],
-            550,
+            6000,
             R,
         )
         .expect("plan");
@@ -177,7 +181,7 @@ mod tests {
             2400,
             false,
             &[(3000, false, true), (0, false, true)],
-            600,
+            6000,
             R,
         )
         .expect("plan");
