@@ -437,6 +437,29 @@ impl Handler<Detach> for Registry {
     }
 }
 
+/// A session decided to close by itself (slow consumer, bad frames, idle, a framing
+/// violation): it is offline from now, not when its close handshake ends. The Registry
+/// forgets it at once (presence answers, the disconnect event) and keeps counting it
+/// against the connection limit until its actor stops ([`Detach`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Departing {
+    pub id: SessionId,
+    pub reason: &'static str,
+}
+
+impl Handler<Departing> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: Departing, _: &mut Context<Self>) {
+        // Not indexed: the Registry decided this close and forgot it already.
+        if self.index.get(msg.id).is_some() {
+            self.forget(msg.id, msg.reason);
+            self.index.mark_closing(msg.id);
+            self.update_gauges();
+        }
+    }
+}
+
 /// Fan a message out to its local recipients.
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -263,6 +263,11 @@ impl Session {
         self.link.force(io.out.len() - before);
         io.wake_writer();
         drop(io);
+        // Offline from the decision on, not after the close handshake.
+        self.shared.registry.do_send(crate::registry::Departing {
+            id: self.id,
+            reason: self.detach_reason,
+        });
         ctx.run_later(self.shared.limits.close_grace, |act, ctx| {
             tracing::debug!(session = %act.id, "close grace over");
             act.finish(ctx);
