@@ -8,6 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::kept::post_publish;
 use common::sse;
 use common::*;
 use futures_util::StreamExt;
@@ -17,21 +18,9 @@ fn url(hub: &Hub, user: &str, extra: &str) -> String {
     hub.ws_url(user, &format!("token={}{extra}", token(user, 60, None)))
 }
 
-/// POST a publish; the status and the answer.
+/// POST a publish; the status and the answer (a wait for a receipt takes up to 60 s).
 async fn post(base: &str, body: Value) -> (u16, Value) {
-    let r = tokio::time::timeout(
-        Duration::from_secs(70),
-        reqwest::Client::new()
-            .post(format!("{base}/api/v1/publish"))
-            .bearer_auth(API_KEY)
-            .json(&body)
-            .send(),
-    )
-    .await
-    .expect("publish answered in time")
-    .expect("publish request");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    post_publish(base, &body, Duration::from_secs(70)).await
 }
 
 /// The next message frame, skipping nothing else.

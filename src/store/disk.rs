@@ -294,11 +294,7 @@ fn init(db: &Database, s: &Spaces, sync: DiskSync) -> fjall::Result<(u64, u64, u
     let epoch = match meta_get(&s.meta, "epoch")? {
         Some(e) => e,
         None => {
-            let e = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-                .unwrap_or(1)
-                .max(1);
+            let e = super::new_epoch();
             let mut b = db.batch().durability(Some(persist_mode(sync)));
             b.insert(&s.meta, "epoch", seq_key(e).to_vec());
             b.commit()?;
@@ -354,10 +350,10 @@ impl Writer {
     ) {
         if let Some(e) = &self.failed {
             for (_, reply) in appends {
-                reply(Err(same(e)));
+                reply(Err(e.clone()));
             }
             for (_, _, reply) in receipts {
-                reply(Err(same(e)));
+                reply(Err(e.clone()));
             }
             return;
         }
@@ -388,10 +384,10 @@ impl Writer {
                 let e = classify(e);
                 tracing::error!(error = %e, appends = appends.len(), "store write failed; publishes are refused until herald restarts");
                 for (_, reply) in appends {
-                    reply(Err(same(&e)));
+                    reply(Err(e.clone()));
                 }
                 for (_, _, reply) in receipts {
-                    reply(Err(same(&e)));
+                    reply(Err(e.clone()));
                 }
                 self.failed = Some(e);
             }
@@ -580,13 +576,6 @@ fn is_full(io: &std::io::Error) -> bool {
     io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28)
 }
 
-fn same(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Full(m) => StoreError::Full(m.clone()),
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-    }
-}
-
 fn unavailable(e: fjall::Error) -> StoreError {
     StoreError::Unavailable(format!("the store's read failed ({e})"))
 }
@@ -692,9 +681,7 @@ impl Log for DiskLog {
                 .map_err(unavailable)?
             {
                 Some(v) => seq_of(&v),
-                None => super::Cursor::parse(id)
-                    .filter(|c| c.epoch == self.epoch)
-                    .map(|c| c.seq),
+                None => super::cursor_seq(id, self.epoch),
             };
             let Some(seq) = seq else { continue };
             let mut found = Vec::new();

@@ -16,7 +16,7 @@ use herald_proto::{Subjects, HEADER_DEVICE, HEADER_EVENT, HEADER_LAST_SEQUENCE, 
 use tokio::sync::oneshot;
 
 use super::record::Record;
-use super::{stored_frame, Audience, Bounds, Cursor, Read, Receipts, Store, StoreError};
+use super::{stored_frame, Audience, Bounds, Read, Receipts, Store, StoreError};
 use herald_proto::events::Receipt;
 
 use crate::bus::{Bus, Outbound};
@@ -282,10 +282,7 @@ impl Store for Embedded {
     }
 
     async fn keep_receipt(&self, receipt: &Receipt) -> Result<bool, StoreError> {
-        // A message published without an id carries its cursor as its id.
-        let seq = Cursor::parse(&receipt.id)
-            .filter(|c| c.epoch == self.log.epoch())
-            .map(|c| c.seq);
+        let seq = super::cursor_seq(&receipt.id, self.log.epoch());
         let (tx, rx) = oneshot::channel();
         self.log.keep_receipt(
             receipt.clone(),

@@ -250,18 +250,8 @@ impl Store for JetStream {
             if upto.is_some_and(|u| next > u) {
                 return Ok(read);
             }
-            let m = match s
-                .raw_message_builder()
-                .sequence(next)
-                .next_by_subject(subject.clone())
-                .send()
-                .await
-            {
-                Ok(m) => m,
-                Err(e) if matches!(e.kind(), stream::RawMessageErrorKind::NoMessageFound) => {
-                    return Ok(read)
-                }
-                Err(e) => return Err(request(e).into()),
+            let Some(m) = next_on(&s, &subject, next).await? else {
+                return Ok(read);
             };
             if upto.is_some_and(|u| m.sequence > u) {
                 return Ok(read);
@@ -318,18 +308,8 @@ impl Store for JetStream {
         let mut out = Receipts::new();
         let mut next = from_seq.max(1);
         loop {
-            let m = match s
-                .raw_message_builder()
-                .sequence(next)
-                .next_by_subject(subject.clone())
-                .send()
-                .await
-            {
-                Ok(m) => m,
-                Err(e) if matches!(e.kind(), stream::RawMessageErrorKind::NoMessageFound) => {
-                    return Ok(out)
-                }
-                Err(e) => return Err(request(e).into()),
+            let Some(m) = next_on(&s, &subject, next).await? else {
+                return Ok(out);
             };
             next = m.sequence.saturating_add(1);
             if let Ok(r) = serde_json::from_slice::<Receipt>(&m.payload) {
@@ -338,6 +318,26 @@ impl Store for JetStream {
                 }
             }
         }
+    }
+}
+
+/// The first message on `subject` at or after sequence `from` (`MSG.GET next_by_subj`),
+/// None when there is none.
+async fn next_on(
+    s: &stream::Stream<()>,
+    subject: &str,
+    from: u64,
+) -> Result<Option<async_nats::jetstream::message::StreamMessage>, DurableError> {
+    match s
+        .raw_message_builder()
+        .sequence(from)
+        .next_by_subject(subject.to_string())
+        .send()
+        .await
+    {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if matches!(e.kind(), stream::RawMessageErrorKind::NoMessageFound) => Ok(None),
+        Err(e) => Err(request(e)),
     }
 }
 

@@ -53,14 +53,9 @@ fn id_key(user: &str, id: &str) -> String {
 
 impl MemoryLog {
     pub fn new(cap_bytes: usize, metrics: Arc<Metrics>) -> MemoryLog {
-        // Nanoseconds since the Unix epoch: another process started later has another.
-        let epoch = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-            .unwrap_or(1)
-            .max(1);
         MemoryLog {
-            epoch,
+            // Another process, started later, has another epoch.
+            epoch: super::new_epoch(),
             cap_bytes,
             inner: Mutex::new(Inner {
                 first: 1,
@@ -247,11 +242,7 @@ impl Log for MemoryLog {
                 .ids
                 .get(&id_key(user.as_str(), id))
                 .copied()
-                .or_else(|| {
-                    super::Cursor::parse(id)
-                        .filter(|c| c.epoch == self.epoch)
-                        .map(|c| c.seq)
-                });
+                .or_else(|| super::cursor_seq(id, self.epoch));
             if let Some(rs) = seq.and_then(|s| inner.receipts.get(&s)) {
                 out.insert((*id).to_string(), rs.clone());
             }

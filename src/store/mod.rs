@@ -33,7 +33,7 @@ use crate::message::{encode_frame, Frame};
 
 /// Why the store could not do what was asked. Callers answer 503 either way; the kind
 /// tells the client (and the logs) why.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum StoreError {
     #[error("message store unavailable: {0}")]
     Unavailable(String),
@@ -190,6 +190,24 @@ impl dyn Store {
     ) -> Stored {
         stored_frame(self.epoch(), seq, msg_id, event, device, payload)
     }
+}
+
+/// A new store's epoch: nanoseconds since the Unix epoch, so a store created later (or a
+/// process started later) has another.
+pub fn new_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The sequence a message id names when it is a cursor of the store with `epoch` (a
+/// message published without an id carries its cursor as its id).
+pub fn cursor_seq(id: &str, epoch: u64) -> Option<u64> {
+    Cursor::parse(id)
+        .filter(|c| c.epoch == epoch)
+        .map(|c| c.seq)
 }
 
 /// Whether cursor `c` continues in a store known by `known_epoch` and now at `b`.

@@ -2,6 +2,8 @@
 //! memory): connect URLs with a token, publishing with a cursor in the answer, reading
 //! message frames, history requests and the welcome's recovery fields.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use super::*;
@@ -14,6 +16,24 @@ pub fn since(cursor: &str) -> String {
     format!("&since={cursor}")
 }
 
+/// POST `body` to the hub's publish API with the test key, answered within `within`: the
+/// status and the answer.
+pub async fn post_publish(base: &str, body: &Value, within: Duration) -> (u16, Value) {
+    let r = tokio::time::timeout(
+        within,
+        reqwest::Client::new()
+            .post(format!("{base}/api/v1/publish"))
+            .bearer_auth(API_KEY)
+            .json(body)
+            .send(),
+    )
+    .await
+    .expect("publish answered in time")
+    .expect("publish request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
 /// HTTP publish of `{"n": n}` to `user` (optionally for one device) on the hub at `base`;
 /// returns the answer's cursor.
 pub async fn publish_to(base: &str, user: &str, n: i64, device: Option<&str>) -> String {
@@ -21,19 +41,7 @@ pub async fn publish_to(base: &str, user: &str, n: i64, device: Option<&str>) ->
     if let Some(d) = device {
         body["device"] = json!(d);
     }
-    let r = tokio::time::timeout(
-        WAIT,
-        reqwest::Client::new()
-            .post(format!("{base}/api/v1/publish"))
-            .bearer_auth(API_KEY)
-            .json(&body)
-            .send(),
-    )
-    .await
-    .expect("publish answered in time")
-    .expect("publish request");
-    let status = r.status().as_u16();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
+    let (status, v) = post_publish(base, &body, WAIT).await;
     assert_eq!(status, 202, "publish {body}: {v}");
     let cursor = v["cursor"]
         .as_str()
