@@ -43,6 +43,10 @@ async fn pod_with_sessions(n: usize) -> Pod {
         upstream_rate: 50,
         close_grace: Duration::from_secs(2),
     };
+    let access = Arc::new(herald::access::AccessList::new(
+        herald::access::Keeper::Memory,
+        metrics.clone(),
+    ));
     let registry = Registry::new(RegistryDeps {
         limits: Limits {
             max_connections: n + 1,
@@ -58,6 +62,7 @@ async fn pod_with_sessions(n: usize) -> Pod {
         pod: "bench".into(),
         metrics: metrics.clone(),
         clustered: false,
+        access: access.clone(),
     })
     .start();
     let shared = Arc::new(SessionShared {
@@ -69,6 +74,7 @@ async fn pod_with_sessions(n: usize) -> Pod {
         limits,
         auth: Arc::new(herald::auth::AuthConfig::Unsigned),
         store: None,
+        access,
     });
     let written = Arc::new(AtomicU64::new(0));
     for i in 0..n {
@@ -78,6 +84,8 @@ async fn pod_with_sessions(n: usize) -> Pod {
             device: None,
             topics: None,
             expires_at: None,
+            issued_at: None,
+            token_id: None,
         };
         let shard = Shard::current(&registry, &metrics);
         let wire = Box::new(WebSocketWire::new(65_536));

@@ -1,4 +1,5 @@
-//! The `herald token` and `herald publish` subcommands, for trials, tests and scripts.
+//! The `herald token` and `herald publish` subcommands, for trials, tests and scripts, and
+//! the HTTP request every API-calling subcommand makes.
 
 use std::process::ExitCode;
 
@@ -42,6 +43,9 @@ pub fn token(args: TokenArgs) -> ExitCode {
         exp: now + args.ttl.as_secs(),
         device: args.device,
         topics: (!args.topics.is_empty()).then_some(args.topics),
+        iat: Some(now),
+        // An id of its own, so this one token can be revoked (`herald revoke --jti`).
+        jti: Some(uuid::Uuid::new_v4().to_string()),
     };
     let options = SignOptions {
         kid: args.kid.as_deref(),
@@ -237,30 +241,26 @@ async fn publish_async(args: PublishArgs) -> Result<Published, String> {
     })
 }
 
-/// A minimal HTTP/1.1 POST over a plain TCP connection: the CLI talks to a herald on the
-/// same network and needs no TLS stack for that.
-async fn publish_http(
+/// A minimal HTTP/1.1 request to herald's API over a plain TCP connection: the CLI talks
+/// to a herald on the same network and needs no TLS stack for that. Returns the status
+/// and the body.
+pub(crate) async fn api_request(
     base: &str,
     api_key: Option<&str>,
-    body: &PublishBody,
-) -> Result<Published, String> {
+    method: &str,
+    path: &str,
+    payload: &[u8],
+) -> Result<(u16, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = base
         .strip_prefix("http://")
         .ok_or("--http takes an http:// URL (use a TLS-terminating proxy's plain address)")?;
     let host = rest.split('/').next().unwrap_or(rest);
-    let json = serde_json::json!({
-        "user": body.user, "broadcast": body.broadcast, "topic": body.topic, "event": body.event,
-        "data": body.data, "id": body.id, "device": body.device, "await": body.await_receipt,
-    });
-    let mut obj = json.as_object().cloned().unwrap_or_default();
-    obj.retain(|_, v| !v.is_null() && *v != serde_json::Value::Bool(false));
-    let payload = serde_json::to_vec(&obj).map_err(|e| e.to_string())?;
     let auth = api_key
         .map(|k| format!("Authorization: Bearer {k}\r\n"))
         .unwrap_or_default();
     let head = format!(
-        "POST /api/v1/publish HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
         payload.len()
     );
     let mut stream = tokio::net::TcpStream::connect(host)
@@ -270,19 +270,37 @@ async fn publish_http(
         .write_all(head.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
-    stream
-        .write_all(&payload)
-        .await
-        .map_err(|e| e.to_string())?;
+    stream.write_all(payload).await.map_err(|e| e.to_string())?;
     let mut response = Vec::new();
     stream
         .read_to_end(&mut response)
         .await
         .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&response);
-    let status = text.split_whitespace().nth(1).unwrap_or("");
-    let body_text = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    if status != "202" && status != "200" {
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("not an HTTP answer")?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((status, body))
+}
+
+async fn publish_http(
+    base: &str,
+    api_key: Option<&str>,
+    body: &PublishBody,
+) -> Result<Published, String> {
+    let json = serde_json::json!({
+        "user": body.user, "broadcast": body.broadcast, "topic": body.topic, "event": body.event,
+        "data": body.data, "id": body.id, "device": body.device, "await": body.await_receipt,
+    });
+    let mut obj = json.as_object().cloned().unwrap_or_default();
+    obj.retain(|_, v| !v.is_null() && *v != serde_json::Value::Bool(false));
+    let payload = serde_json::to_vec(&obj).map_err(|e| e.to_string())?;
+    let (status, body_text) =
+        api_request(base, api_key, "POST", "/api/v1/publish", &payload).await?;
+    if status != 202 && status != 200 {
         return Err(format!("HTTP {status}: {}", body_text.trim()));
     }
     let v: serde_json::Value =

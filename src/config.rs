@@ -30,6 +30,55 @@ pub enum Command {
     Token(TokenArgs),
     /// Publish a message through NATS, or through the HTTP API with --http.
     Publish(PublishArgs),
+    /// Revoke a user's tokens (issued before a time, or one by its jti), on every pod.
+    Revoke(RevokeArgs),
+    /// Block a user until a time (closes their sessions with 4004), or lift a block.
+    Block(BlockArgs),
+}
+
+/// Where the API of a herald pod is, for `herald revoke` and `herald block`.
+#[derive(Debug, Clone, Args)]
+pub struct AccessArgs {
+    /// The herald pod's HTTP address (any pod: the change reaches them all).
+    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
+    pub http: String,
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<Secret>,
+    /// File holding the API key (trailing line breaks dropped).
+    #[arg(long, env = "HERALD_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RevokeArgs {
+    pub user: String,
+    /// Revoke every token issued before this time: unix seconds, or `now`.
+    #[arg(long, conflicts_with = "jti")]
+    pub before: Option<String>,
+    /// Revoke the token with this `jti`.
+    #[arg(long)]
+    pub jti: Option<String>,
+    /// The revoked tokens expire within this long (else the hub's --revocation-ttl).
+    #[arg(long, value_parser = duration)]
+    pub expires_in: Option<Duration>,
+    #[command(flatten)]
+    pub api: AccessArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BlockArgs {
+    pub user: String,
+    /// Blocked until this time (unix seconds).
+    #[arg(long, conflicts_with_all = ["for", "remove"])]
+    pub until: Option<u64>,
+    /// Blocked for this long from now.
+    #[arg(long = "for", value_parser = duration, conflicts_with = "remove")]
+    pub r#for: Option<Duration>,
+    /// Lift the user's block.
+    #[arg(long)]
+    pub remove: bool,
+    #[command(flatten)]
+    pub api: AccessArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -242,6 +291,10 @@ pub struct ServeArgs {
     /// completes and is closed with 1013. 0 = unlimited.
     #[arg(long, env = "HERALD_CONNECT_RATE", default_value_t = 0)]
     pub connect_rate: u32,
+    /// How long a token revocation is kept when the revoke request gives no `expires`:
+    /// set it to the longest lifetime of the tokens you issue.
+    #[arg(long, env = "HERALD_REVOCATION_TTL", default_value = "24h", value_parser = duration)]
+    pub revocation_ttl: Duration,
     /// NATS mode: shed sessions with 1012 when this pod holds more than --rebalance-above
     /// times the cluster's mean (after a scale-out).
     #[arg(long, env = "HERALD_REBALANCE", default_value_t = true, action = clap::ArgAction::Set)]
@@ -433,6 +486,8 @@ pub struct Config {
     pub listen_backlog: u32,
     /// Handshakes admitted per second (0 = unlimited).
     pub connect_rate: u32,
+    /// How long a revocation without `expires` is kept.
+    pub revocation_ttl: Duration,
     /// Rebalancing after scale-out (NATS mode), when enabled.
     pub rebalance: Option<crate::control::rebalance::Rebalance>,
     pub log_format: LogFormat,
@@ -461,6 +516,7 @@ impl std::fmt::Debug for Config {
             .field("allowed_origins", &self.allowed_origins)
             .field("listen_backlog", &self.listen_backlog)
             .field("connect_rate", &self.connect_rate)
+            .field("revocation_ttl", &self.revocation_ttl)
             .field("rebalance", &self.rebalance)
             .field("log_format", &self.log_format)
             .finish_non_exhaustive()
@@ -642,6 +698,7 @@ impl Config {
             allowed_origins,
             listen_backlog: args.listen_backlog,
             connect_rate: args.connect_rate,
+            revocation_ttl: args.revocation_ttl,
             rebalance: args
                 .rebalance
                 .then_some(crate::control::rebalance::Rebalance {

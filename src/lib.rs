@@ -15,6 +15,9 @@
 //!   SSE client-frame forwarding).
 //! - [`bus`]: the `Bus` seam and its engines (`memory`, `nats`); [`store`]: the store seam
 //!   for kept messages and its engines (JetStream, disk, memory), cursors and live feeds.
+//! - [`admin`]: the `herald revoke` and `herald block` commands.
+//! - [`access`]: token revocations and user blocks, held in memory and kept (JetStream
+//!   key-value, a file, or memory).
 //! - [`auth`]: token extraction and JWT verification; [`ids`]: validated ids;
 //!   [`percent`]: percent-decoding of query strings and NATS URL user info.
 //! - [`receipts`]: HTTP publishes waiting for delivery receipts, one subscription a pod.
@@ -27,6 +30,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
+pub mod admin;
 pub mod auth;
 pub mod bus;
 pub mod cli;

@@ -25,6 +25,8 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Token(args)) => herald::cli::token(args),
         Some(Command::Publish(args)) => herald::cli::publish(args),
+        Some(Command::Revoke(args)) => herald::admin::revoke(args),
+        Some(Command::Block(args)) => herald::admin::block(args),
         Some(Command::Serve(args)) => serve(args),
         None => serve(cli.serve),
     }

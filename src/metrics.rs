@@ -63,6 +63,10 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// `reason` of the access metrics.
+pub const ACCESS_REVOKED: &str = "revoked";
+pub const ACCESS_BLOCKED: &str = "blocked";
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
@@ -112,6 +116,11 @@ pub struct Metrics {
     /// Rebalancing (§4): sessions shed, and the pod's bound (0 while it would not shed).
     pub rebalance_shed: Counter,
     pub rebalance_bound: Gauge,
+    /// Revocations and blocks (§6): rules held, handshakes and refreshes refused, and
+    /// live sessions closed because of them, by reason (`revoked`, `blocked`).
+    pub access_rules: Gauge,
+    pub access_refused: Family<ReasonLabels, Counter>,
+    pub access_closed: Family<ReasonLabels, Counter>,
 }
 
 /// The JWKS key cache's health (`--jwt-jwks-url`).
@@ -184,6 +193,9 @@ impl Metrics {
             awaits: Family::default(),
             rebalance_shed: Counter::default(),
             rebalance_bound: Gauge::default(),
+            access_rules: Gauge::default(),
+            access_refused: Family::default(),
+            access_closed: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -323,6 +335,25 @@ impl Metrics {
             "Connections above which this pod sheds: --rebalance-above x the cluster's mean (0 while it would not shed: alone, a pod draining or starting)",
             m.rebalance_bound.clone(),
         );
+        registry.register(
+            "access_rules",
+            "Token revocations and user blocks this pod holds",
+            m.access_rules.clone(),
+        );
+        registry.register(
+            "access_refused",
+            "Handshakes and refreshes refused by a revocation or a block, by reason (revoked, blocked)",
+            m.access_refused.clone(),
+        );
+        registry.register(
+            "access_closed",
+            "Live sessions closed by a revocation (4003) or a block (4004), by reason",
+            m.access_closed.clone(),
+        );
+        for reason in [ACCESS_REVOKED, ACCESS_BLOCKED] {
+            let _ = m.access_refused.get_or_create(&ReasonLabels { reason });
+            let _ = m.access_closed.get_or_create(&ReasonLabels { reason });
+        }
         for outcome in [AWAIT_ANSWERED, AWAIT_TIMED_OUT] {
             let _ = m.awaits.get_or_create(&OutcomeLabels { outcome });
         }

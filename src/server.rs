@@ -47,10 +47,16 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
     let pod = config.pod_name.clone();
     let mut jetstream: Option<Arc<JetStream>> = None;
     let mut durable: Option<Arc<dyn Store>> = None;
+    #[allow(unused_mut)]
+    let mut keeper = crate::access::Keeper::Memory;
+    let mut access_bucket = None;
     let bus: Arc<dyn Bus> = if config.standalone() {
         tracing::info!("standalone mode: in-process bus, no NATS");
         let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
         durable = embedded_store(&config, &bus, &subjects, &metrics)?;
+        if let Some(StoreConfig::Disk { dir, .. }) = &config.store {
+            keeper = crate::access::Keeper::File(dir.join(crate::access::keep::FILE_NAME));
+        }
         bus
     } else {
         let options = crate::bus::nats::NatsOptions {
@@ -60,6 +66,11 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
         let nats = NatsBus::connect_with(&config.nats_urls, &pod, &options, metrics.clone())
             .await
             .context("connecting to NATS")?;
+        let replicas = match &config.store {
+            Some(StoreConfig::JetStream(d)) => d.replicas,
+            _ => 1,
+        };
+        access_bucket = Some((nats.client(), replicas));
         if let Some(StoreConfig::JetStream(d)) = config.store {
             let stream = JetStream::start(nats.client(), subjects.clone(), d)
                 .await
@@ -79,6 +90,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
     if matches!(config.auth, crate::auth::AuthConfig::Unsigned) {
         tracing::warn!(listen = %config.listen, "no JWT key configured: accepting unsigned connections (loopback only)");
     }
+    let access = Arc::new(crate::access::AccessList::new(keeper, metrics.clone()));
     let pods = Arc::new(PodTable::new(pod.clone()));
     let deliveries = Arc::new(InFlight::default());
     let registry = Registry::new(RegistryDeps {
@@ -91,6 +103,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         clustered: !config.standalone(),
         durable: durable.is_some(),
+        access: access.clone(),
     })
     .start();
     let cluster = Cluster {
@@ -99,6 +112,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
         pods: pods.clone(),
         registry: registry.clone(),
         metrics: metrics.clone(),
+        access: access.clone(),
     };
     let subscriber = Subscriber::new(
         registry.clone(),
@@ -114,6 +128,26 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
     }));
     // Held for the life of the pod, with the control subscriptions it owns.
     let _control = ControlPlane::start(cluster.clone()).await;
+    // After the control subscription: a change made meanwhile arrives there too (the newer
+    // of two wins).
+    match access_bucket {
+        Some((client, replicas)) => {
+            actix::spawn(crate::access::open_bucket(
+                access.clone(),
+                client,
+                subjects.prefix().to_string(),
+                replicas,
+            ));
+        }
+        None => {
+            access
+                .load()
+                .await
+                .map_err(|e| anyhow::anyhow!(e))
+                .context("loading revocations and blocks")?;
+        }
+    }
+    actix::spawn(crate::access::sweep_loop(access.clone()));
     if let Some(d) = &jetstream {
         actix::spawn(watch_stream(d.clone(), bus.clone(), subscriber));
     }
@@ -139,6 +173,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
             limits: config.session,
             auth: Arc::new(config.auth.clone()),
             store: durable.clone(),
+            access: access.clone(),
         }),
         draining: draining.clone(),
         next_session: AtomicU64::new(session_id_seed()),
@@ -147,6 +182,8 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
         durable: durable.clone(),
         receipts: crate::receipts::Receipts::new(bus.clone(), subjects.clone(), metrics.clone()),
         connect_rate: crate::http::connect_rate::ConnectRate::new(config.connect_rate),
+        access: access.clone(),
+        revocation_ttl: config.revocation_ttl,
     });
     if config.api_key.is_none() && !local.ip().is_loopback() {
         tracing::warn!("no API key configured: /api/v1 answers 401 (set --api-key)");

@@ -29,10 +29,14 @@ pub enum CloseCode {
     OverUserLimit,
     /// 1012 with reason `rebalance`: shed so the cluster's pods even out (§4).
     Rebalance,
+    /// 4003 with reason `token_revoked`: the session's token was revoked (§6).
+    Revoked,
+    /// 4004 with reason `blocked`: the user was blocked by an operator (§6).
+    Blocked,
 }
 
 impl CloseCode {
-    pub const ALL: [CloseCode; 13] = [
+    pub const ALL: [CloseCode; 15] = [
         CloseCode::Normal,
         CloseCode::PolicyViolation,
         CloseCode::TooBig,
@@ -47,6 +51,9 @@ impl CloseCode {
         CloseCode::OverUserLimit,
         // The same code as Restart, another reason: `from_code` answers Restart.
         CloseCode::Rebalance,
+        // Same codes as TokenExpired and Disconnected, other reasons.
+        CloseCode::Revoked,
+        CloseCode::Blocked,
     ];
 
     pub fn code(self) -> u16 {
@@ -64,6 +71,8 @@ impl CloseCode {
             CloseCode::TryAgainLater => 1013,
             CloseCode::OverUserLimit => 4009,
             CloseCode::Rebalance => 1012,
+            CloseCode::Revoked => 4003,
+            CloseCode::Blocked => 4004,
         }
     }
 
@@ -82,6 +91,7 @@ impl CloseCode {
                 | CloseCode::RateLimited
                 | CloseCode::TryAgainLater
                 | CloseCode::Rebalance
+                | CloseCode::Revoked
         )
     }
 
@@ -101,6 +111,8 @@ impl CloseCode {
             CloseCode::TryAgainLater => "try_again_later",
             CloseCode::OverUserLimit => "over_user_limit",
             CloseCode::Rebalance => "rebalance",
+            CloseCode::Revoked => "token_revoked",
+            CloseCode::Blocked => "blocked",
         }
     }
 }
@@ -114,7 +126,10 @@ mod tests {
         for c in CloseCode::ALL {
             let back = CloseCode::from_code(c.code());
             assert!(
-                back == Some(c) || (c == CloseCode::Rebalance && back == Some(CloseCode::Restart))
+                back == Some(c)
+                    || (c == CloseCode::Rebalance && back == Some(CloseCode::Restart))
+                    || (c == CloseCode::Revoked && back == Some(CloseCode::TokenExpired))
+                    || (c == CloseCode::Blocked && back == Some(CloseCode::Disconnected))
             );
         }
         let reconnect: Vec<u16> = CloseCode::ALL
@@ -122,7 +137,10 @@ mod tests {
             .filter(|c| c.should_reconnect())
             .map(CloseCode::code)
             .collect();
-        assert_eq!(reconnect, vec![1012, 4002, 4003, 4008, 4029, 1013, 1012]);
+        assert_eq!(
+            reconnect,
+            vec![1012, 4002, 4003, 4008, 4029, 1013, 1012, 4003]
+        );
         assert_eq!(CloseCode::from_code(1001), None);
     }
 }

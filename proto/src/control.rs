@@ -41,6 +41,11 @@ pub enum Control {
     },
     /// A pod is leaving on purpose (drain finished).
     Leaving { pod: String },
+    /// A token revocation, a block or an unblock, made through this pod's API.
+    Access {
+        rule: crate::access::AccessRule,
+        from_pod: String,
+    },
 }
 
 /// A scatter request on `<prefix>.ctl.query`; every live pod answers.

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`frame`]: `ClientFrame` / `ServerFrame`, the JSON text frames of a WebSocket session.
+//! - [`access`]: token revocations and user blocks as pods share and keep them.
 //! - [`close`]: close codes and whether a client should reconnect after each.
 //! - [`control`]: pod-to-pod control messages and the one bincode codec.
 //! - [`subjects`]: every NATS subject name, built in exactly one place.
@@ -13,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod close;
 pub mod control;
 pub mod events;

@@ -204,6 +204,12 @@ pub struct Claims {
     pub device: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topics: Option<Vec<String>>,
+    /// Issued at, seconds since the epoch: matched by revocations with `before`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// The token's id: matched by revocations with `jti`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 /// Who a connection is, after the handshake checks.
@@ -215,6 +221,19 @@ pub struct Identity {
     pub topics: Option<Vec<String>>,
     /// Expiry in seconds since the epoch; `None` = never (unsigned mode).
     pub expires_at: Option<u64>,
+    /// The token's `iat` and `jti`, for revocations (none in unsigned mode).
+    pub issued_at: Option<u64>,
+    pub token_id: Option<std::sync::Arc<str>>,
+}
+
+impl Identity {
+    /// What revocations match on this identity's token.
+    pub fn token_mark(&self) -> crate::access::TokenMark<'_> {
+        crate::access::TokenMark {
+            issued_at: self.issued_at,
+            jti: self.token_id.as_deref(),
+        }
+    }
 }
 
 /// Why a handshake was refused with 401. The text is the response body: no token in it.
@@ -243,6 +262,12 @@ pub enum AuthError {
     /// JWKS: no key set fetched yet (the endpoint has not answered since the start).
     #[error("signing keys not available yet")]
     KeysUnavailable,
+    /// The token was revoked (§6).
+    #[error("token revoked")]
+    Revoked,
+    /// The user is blocked (§6); only `refresh` answers with it, a handshake gets 403.
+    #[error("user blocked")]
+    Blocked,
 }
 
 /// Whether the identity may follow `topic`: any topic in unsigned mode, otherwise one of
@@ -316,6 +341,8 @@ pub async fn authenticate(
                 device,
                 topics: None,
                 expires_at: None,
+                issued_at: None,
+                token_id: None,
             })
         }
         AuthConfig::Jwt(v) => v,
@@ -336,6 +363,8 @@ pub async fn authenticate(
         device,
         topics: claims.topics,
         expires_at: Some(claims.exp),
+        issued_at: claims.iat,
+        token_id: claims.jti.map(std::sync::Arc::from),
     })
 }
 
@@ -473,6 +502,8 @@ mod tests {
             exp,
             device: device.map(str::to_string),
             topics: None,
+            iat: None,
+            jti: None,
         };
         sign(&claims, Some("s3cret"), None).unwrap()
     }
@@ -518,6 +549,8 @@ mod tests {
                 exp: now_secs() + 60,
                 device: None,
                 topics: None,
+                iat: None,
+                jti: None,
             },
             Some("other"),
             None,
@@ -552,6 +585,8 @@ mod tests {
             exp: now_secs() + 60,
             device: None,
             topics: None,
+            iat: None,
+            jti: None,
         };
         let good = SignOptions {
             audience: Some("herald"),
@@ -683,6 +718,8 @@ mod tests {
             device: None,
             topics: topics.map(|t| t.into_iter().map(str::to_string).collect()),
             expires_at: exp,
+            issued_at: None,
+            token_id: None,
         };
         let signed = id(Some(vec!["orders.*", "flash.>"]), Some(1));
         assert!(topic_allowed(&signed, "orders.store-42"));

@@ -35,6 +35,8 @@ pub struct Cluster {
     /// This pod's Registry: what the cluster asks of every pod, this pod does directly.
     pub registry: actix::Addr<Registry>,
     pub metrics: Arc<Metrics>,
+    /// Revocations and blocks this pod holds.
+    pub access: Arc<crate::access::AccessList>,
 }
 
 impl Cluster {
@@ -203,5 +205,40 @@ impl Cluster {
             tracing::warn!(error = %e, "local disconnect not delivered to the registry");
         }
         Ok(())
+    }
+}
+
+impl Cluster {
+    /// A revocation, block or unblock made on this pod: kept (an answered change survives
+    /// restarts), applied here and to this pod's sessions, then announced so every other
+    /// pod does the same. Err when it could not be kept or announced.
+    pub async fn change_access(
+        &self,
+        rule: herald_proto::access::AccessRule,
+    ) -> Result<(), String> {
+        self.access
+            .change(rule.clone())
+            .await
+            .map_err(|e| format!("cannot keep the rule: {e}"))?;
+        let user = UserId::parse(&rule.user).map_err(|e| e.to_string())?;
+        let announce = Control::Access {
+            rule,
+            from_pod: self.pods.me().to_string(),
+        };
+        let published = self
+            .bus
+            .publish(Outbound::new(
+                self.subjects.ctl_all(),
+                control::encode(&announce),
+            ))
+            .await;
+        if let Err(e) = self
+            .registry
+            .send(crate::registry::access::Enforce(user))
+            .await
+        {
+            tracing::warn!(error = %e, "access change not delivered to the registry");
+        }
+        published.map_err(|e| format!("kept, but not announced to the other pods: {e}"))
     }
 }

@@ -139,6 +139,7 @@ impl ControlPlane {
             Control::Replaced { from_pod, .. } => (from_pod, false, "replaced"),
             Control::Beacon { pod, .. } => (pod, true, "beacon"),
             Control::Leaving { pod } => (pod, false, "leaving"),
+            Control::Access { from_pod, .. } => (from_pod, false, "access"),
         };
         // This pod's own messages come back: it acted on them when it sent them.
         if *source == self.pod {
@@ -180,6 +181,15 @@ impl ControlPlane {
                     before_ms,
                     code,
                 });
+            }
+            Control::Access { rule, .. } => {
+                let Ok(user) = UserId::parse(&rule.user) else {
+                    return;
+                };
+                if self.cluster.access.apply(rule) {
+                    self.registry
+                        .do_send(crate::registry::access::Enforce(user));
+                }
             }
             Control::Replaced { user, device, .. } => {
                 if let (Ok(user), Ok(device)) = (UserId::parse(&user), DeviceId::parse(&device)) {

@@ -65,6 +65,31 @@ pub fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal
     Ok(())
 }
 
+/// Refuse a revoked token (401) or a blocked user (403): a lookup in memory.
+pub async fn check_access(state: &AppState, identity: &Identity) -> Result<(), Refusal> {
+    if !state.access.is_settled() {
+        // A pod just started: the kept rules are being read.
+        state
+            .access
+            .wait_settled(crate::access::keep::OPEN_TIMEOUT)
+            .await;
+    }
+    state
+        .access
+        .check(&identity.user, identity.token_mark())
+        .map_err(|denied| {
+            state
+                .metrics
+                .access_refused
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: crate::registry::access::reason(denied),
+                })
+                .inc();
+            let r = crate::registry::access::refusal(denied);
+            refusal(state, r.status(), r.reason())
+        })
+}
+
 /// An admitted session, indexed by the Registry, ready to run.
 pub struct Admitted {
     pub reserved: Reserved,
@@ -98,6 +123,7 @@ pub async fn admit(state: &AppState, req: Request<'_>) -> Result<Admitted, Refus
     let identity = authenticate(&state.auth, token.as_deref(), &user, device)
         .await
         .map_err(|e| refusal(state, 401, e.to_string()))?;
+    check_access(state, &identity).await?;
 
     let id = SessionId::new(state.next_session.fetch_add(1, Ordering::Relaxed));
     // The session runs on this thread: its shard fans out to it.

@@ -10,8 +10,8 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 
-/// 200 when the pod can take connections: bus connected, the other pods known, and not
-/// draining.
+/// 200 when the pod can take connections: bus connected, the other pods known, the kept
+/// revocations and blocks read, and not draining.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if state.is_draining() {
         HttpResponse::ServiceUnavailable()
@@ -21,6 +21,10 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         HttpResponse::ServiceUnavailable()
             .content_type("text/plain")
             .body("discovering the other pods\n")
+    } else if !state.access.is_settled() {
+        HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("reading revocations and blocks\n")
     } else if !state.bus.is_connected() {
         HttpResponse::ServiceUnavailable()
             .content_type("text/plain")

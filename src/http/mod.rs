@@ -1,6 +1,7 @@
 //! HTTP surface: the route table in one place, the state handlers share, and access logs
 //! that never show a query string (tokens travel there).
 
+pub mod access_api;
 pub mod admission;
 pub mod api;
 pub mod connect_rate;
@@ -48,6 +49,11 @@ pub struct AppState {
     pub receipts: Arc<crate::receipts::Receipts>,
     /// `--connect-rate`: handshakes admitted per second.
     pub connect_rate: connect_rate::ConnectRate,
+    /// Revocations and blocks, checked at every handshake.
+    pub access: Arc<crate::access::AccessList>,
+    /// `--revocation-ttl`: how long a revocation is kept when the revoked tokens'
+    /// expiry is not given.
+    pub revocation_ttl: std::time::Duration,
 }
 
 impl AppState {
@@ -72,7 +78,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/presence/{user}", web::get().to(api::presence))
                 .route("/stats", web::get().to(api::stats))
                 .route("/history/{user}", web::get().to(history::history))
-                .route("/users/{user}/disconnect", web::post().to(api::disconnect)),
+                .route("/users/{user}/disconnect", web::post().to(api::disconnect))
+                .route("/users/{user}/revoke", web::post().to(access_api::revoke))
+                .route("/users/{user}/block", web::post().to(access_api::block))
+                .route("/users/{user}/block", web::delete().to(access_api::unblock)),
         );
 }
 

@@ -29,6 +29,9 @@ pub struct Entry<H> {
     pub link: Arc<Link>,
     /// Token expiry, seconds since the epoch.
     pub expires_at: Option<u64>,
+    /// The token's `iat` and `jti`, matched by revocations.
+    pub issued_at: Option<u64>,
+    pub token_id: Option<Arc<str>>,
     /// When the session attached, ms since the epoch (compared with takeover kicks from
     /// other pods).
     pub attached_ms: u64,
@@ -45,6 +48,10 @@ pub enum Refusal {
     PodFull,
     TooManySessions,
     TooManyTakeovers,
+    /// The token was revoked while the handshake was under way.
+    Revoked,
+    /// The user was blocked while the handshake was under way.
+    Blocked,
 }
 
 impl Refusal {
@@ -52,6 +59,8 @@ impl Refusal {
         match self {
             Refusal::Draining | Refusal::PodFull => 503,
             Refusal::TooManySessions | Refusal::TooManyTakeovers => 429,
+            Refusal::Revoked => 401,
+            Refusal::Blocked => 403,
         }
     }
 
@@ -61,6 +70,8 @@ impl Refusal {
             Refusal::PodFull => "pod is at its connection limit",
             Refusal::TooManySessions => "too many sessions for this user",
             Refusal::TooManyTakeovers => "too many takeovers of this device",
+            Refusal::Revoked => "token revoked",
+            Refusal::Blocked => "user blocked",
         }
     }
 }
@@ -272,6 +283,14 @@ impl<H> Index<H> {
         }
     }
 
+    /// A refreshed session holds a new token: revocations match its `iat` and `jti`.
+    pub fn set_token(&mut self, id: SessionId, issued_at: Option<u64>, token_id: Option<Arc<str>>) {
+        if let Some(entry) = self.sessions.get_mut(&id) {
+            entry.issued_at = issued_at;
+            entry.token_id = token_id;
+        }
+    }
+
     /// Local followers of a topic.
     pub fn followers<'a>(
         &'a self,
@@ -389,6 +408,8 @@ mod tests {
             handle: (),
             link: Arc::new(Link::new(last_seen, |f| f.len())),
             expires_at: None,
+            issued_at: None,
+            token_id: None,
             attached_ms: 0,
             topics: Vec::new(),
             shard: 0,

@@ -7,6 +7,7 @@
 //! the Registry decides (eviction, takeover, kick, drain), at once — a session whose
 //! socket no longer drains cannot keep itself registered.
 
+pub mod access;
 pub mod index;
 pub mod remote;
 pub mod shed;
@@ -60,6 +61,8 @@ pub struct RegistryDeps {
     pub durable: bool,
     /// Deliveries the Subscriber handed over and this Registry has not handled yet.
     pub deliveries: Arc<crate::handoff::InFlight>,
+    /// Revocations and blocks: checked again at attach, enforced on live sessions.
+    pub access: Arc<crate::access::AccessList>,
 }
 
 pub struct Registry {
@@ -327,10 +330,20 @@ impl Handler<Attach> for Registry {
         }
         let now = Instant::now();
         let attached_ms = crate::clock::wall_ms();
+        // A revocation that arrived while the handshake was under way still holds.
+        if let Err(denied) = self
+            .deps
+            .access
+            .check(&msg.identity.user, msg.identity.token_mark())
+        {
+            return Box::pin(async move { Err(access::refusal(denied)) });
+        }
         let Identity {
             user,
             device,
             expires_at,
+            issued_at,
+            token_id,
             ..
         } = msg.identity;
         let admission = match self.index.admit(&user, device.as_ref(), now) {
@@ -375,6 +388,8 @@ impl Handler<Attach> for Registry {
                 handle: msg.session,
                 link: msg.link,
                 expires_at,
+                issued_at,
+                token_id,
                 attached_ms,
                 topics: Vec::new(),
                 shard: msg.shard,
@@ -760,6 +775,8 @@ impl Registry {
 pub struct Refreshed {
     pub id: SessionId,
     pub expires_at: Option<u64>,
+    pub issued_at: Option<u64>,
+    pub token_id: Option<Arc<str>>,
     pub unfollow: Vec<String>,
 }
 
@@ -770,6 +787,7 @@ impl Handler<Refreshed> for Registry {
             self.unfollow(msg.id, topic);
         }
         self.index.set_expiry(msg.id, msg.expires_at);
+        self.index.set_token(msg.id, msg.issued_at, msg.token_id);
     }
 }
 

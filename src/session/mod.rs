@@ -74,6 +74,8 @@ pub struct SessionShared {
     pub auth: Arc<AuthConfig>,
     /// Where messages are kept, if anywhere: receipts are kept beside them.
     pub store: Option<Arc<dyn crate::store::Store>>,
+    /// Revocations and blocks, checked again at `refresh`.
+    pub access: Arc<crate::access::AccessList>,
 }
 
 /// The upstream rate limiter. `MonotonicClock` (std `Instant`) rather than the default

@@ -5,7 +5,7 @@
 //! construction. On success the session takes the token's expiry and topics: it drops the
 //! topics no longer allowed, and tells the Registry (`Refreshed`) so the sweep closes it
 //! with 4003 at the new `exp`, not the old one. A token that fails changes nothing and is
-//! answered with `bad_token`.
+//! answered with `bad_token`, as is a token a revocation matches (reason `token revoked`).
 //!
 //! Refreshes are verified one at a time, in the order they arrived (verification may wait
 //! for a key set), so a slow check can never apply an older token over a newer one.
@@ -74,9 +74,25 @@ impl Session {
             Ok(new) => new,
             Err(e) => return self.refuse_refresh(&e, ctx),
         };
+        if let Err(denied) = self.shared.access.check(&new.user, new.token_mark()) {
+            self.shared
+                .metrics
+                .access_refused
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: crate::registry::access::reason(denied),
+                })
+                .inc();
+            let why = match denied {
+                crate::access::Denied::Revoked => AuthError::Revoked,
+                crate::access::Denied::Blocked => AuthError::Blocked,
+            };
+            return self.refuse_refresh(&why, ctx);
+        }
         let signed = new.expires_at.is_some();
         self.identity.topics = new.topics;
         self.identity.expires_at = new.expires_at;
+        self.identity.issued_at = new.issued_at;
+        self.identity.token_id = new.token_id;
         let mut dropped: Vec<String> = self
             .io
             .borrow()
@@ -93,6 +109,8 @@ impl Session {
         self.shared.registry.do_send(Refreshed {
             id: self.id,
             expires_at: self.identity.expires_at,
+            issued_at: self.identity.issued_at,
+            token_id: self.identity.token_id.clone(),
             unfollow: dropped.clone(),
         });
         let exp = if signed {

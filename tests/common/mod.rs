@@ -206,6 +206,20 @@ impl Hub {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// An API call with the test key: `method` on `path` with a JSON body.
+    pub async fn api(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("HTTP method");
+        let r = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.http()))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .expect("API request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let r = reqwest::Client::new()
             .get(format!("{}{path}", self.http()))
@@ -286,8 +300,23 @@ pub fn token_with(
         exp: (herald::auth::now_secs() as i64 + ttl_secs) as u64,
         device: device.map(str::to_string),
         topics: topics.map(|t| t.into_iter().map(str::to_string).collect()),
+        iat: Some(herald::auth::now_secs()),
+        jti: None,
     };
     herald::auth::sign(&claims, Some(secret), None).expect("token signs")
+}
+
+/// A token of the test secret with `iat` and `jti` as given (revocation tests).
+pub fn token_marked(user: &str, ttl_secs: i64, iat: Option<u64>, jti: Option<&str>) -> String {
+    let claims = herald::auth::Claims {
+        sub: user.to_string(),
+        exp: (herald::auth::now_secs() as i64 + ttl_secs) as u64,
+        device: None,
+        topics: None,
+        iat,
+        jti: jti.map(str::to_string),
+    };
+    herald::auth::sign(&claims, Some(SECRET), None).expect("token signs")
 }
 
 /// The `exp` claim of a JWT (read without verifying it).

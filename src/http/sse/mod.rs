@@ -118,9 +118,10 @@ async fn hand_over(req: &HttpRequest, body: &[u8], state: &AppState) -> Result<(
         UserId::parse(raw_user).map_err(|e| refusal(state, 400, format!("bad user id: {e}")))?;
     check_origin(state, req.headers())?;
     let token = extract_token(req.query_string(), req.headers());
-    authenticate(&state.auth, token.as_deref(), &user, None)
+    let identity = authenticate(&state.auth, token.as_deref(), &user, None)
         .await
         .map_err(|e| refusal(state, 401, e.to_string()))?;
+    crate::http::admission::check_access(state, &identity).await?;
     if body.len() > state.session.limits.max_frame_bytes {
         return Err(refusal(state, 413, "frame larger than the limit"));
     }
