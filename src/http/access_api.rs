@@ -21,20 +21,24 @@ const MAX_JTI_BYTES: usize = 256;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RevokeBody {
+    #[serde(default, deserialize_with = "super::body::whole_opt")]
     before: Option<u64>,
     jti: Option<String>,
     /// When the revoked tokens expire anyway (seconds since the epoch); without it the
     /// revocation is kept `--revocation-ttl`.
+    #[serde(default, deserialize_with = "super::body::whole_opt")]
     expires: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BlockBody {
+    #[serde(deserialize_with = "super::body::whole")]
     until: u64,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, HttpResponse> {
+    super::body::refuse_nulls(body, &[]).map_err(bad_request)?;
     serde_json::from_slice(body)
         .map_err(|e| bad_request(format!("body is not a valid {what}: {e}")))
 }

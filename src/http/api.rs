@@ -37,7 +37,7 @@ pub(super) fn unavailable(e: impl std::fmt::Display) -> HttpResponse {
 }
 
 /// `Err(response)` unless the caller may use the API.
-fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), HttpResponse> {
+pub(super) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), HttpResponse> {
     let Some(key) = &state.api_key else {
         return if state.api_open {
             Ok(())
@@ -92,7 +92,11 @@ pub struct AwaitBody {
     pub status: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::body::whole_opt"
+    )]
     pub timeout_ms: Option<u64>,
 }
 
@@ -189,6 +193,9 @@ pub fn publish_message(
 pub async fn publish(req: HttpRequest, body: Bytes, state: web::Data<AppState>) -> HttpResponse {
     if let Err(r) = authorize(&req, &state) {
         return r;
+    }
+    if let Err(e) = super::body::refuse_nulls(&body, &["data"]) {
+        return bad_request(e);
     }
     let body: PublishBody = match serde_json::from_slice(&body) {
         Ok(b) => b,

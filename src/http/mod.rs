@@ -4,10 +4,12 @@
 pub mod access_api;
 pub mod admission;
 pub mod api;
+pub mod body;
 pub mod connect_rate;
 pub mod demo;
 pub mod health;
 pub mod history;
+pub mod openapi;
 pub mod sse;
 pub mod websocket;
 
@@ -62,27 +64,69 @@ impl AppState {
     }
 }
 
+/// The API's routes: method, path (as `docs/openapi.json` writes it) and handler. The
+/// document is checked against this table (tests/openapi.rs), so neither can drift.
+pub type ApiRoute = (&'static str, &'static str, fn() -> actix_web::Route);
+
+pub const API_ROUTES: &[ApiRoute] = &[
+    ("post", "/api/v1/publish", || web::post().to(api::publish)),
+    ("get", "/api/v1/history/{userId}", || {
+        web::get().to(history::history)
+    }),
+    ("get", "/api/v1/presence/{userId}", || {
+        web::get().to(api::presence)
+    }),
+    ("get", "/api/v1/stats", || web::get().to(api::stats)),
+    ("post", "/api/v1/users/{userId}/disconnect", || {
+        web::post().to(api::disconnect)
+    }),
+    ("post", "/api/v1/users/{userId}/revoke", || {
+        web::post().to(access_api::revoke)
+    }),
+    ("post", "/api/v1/users/{userId}/block", || {
+        web::post().to(access_api::block)
+    }),
+    ("delete", "/api/v1/users/{userId}/block", || {
+        web::delete().to(access_api::unblock)
+    }),
+    ("get", "/api/v1/openapi.json", || {
+        web::get().to(openapi::document)
+    }),
+    ("get", "/healthz", || web::get().to(health::healthz)),
+    ("get", "/readyz", || web::get().to(health::readyz)),
+    ("get", "/metrics", || web::get().to(health::metrics)),
+];
+
 /// Every route herald serves.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/websocket/{user}", web::get().to(websocket::not_upgraded))
         .route("/sse/{user}", web::get().to(sse::stream))
         .route("/sse/{user}/{session}", web::post().to(sse::post))
-        .route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .route("/metrics", web::get().to(health::metrics))
         .route("/demo", web::get().to(demo::index_redirect))
-        .route("/demo/{file:.*}", web::get().to(demo::file))
-        .service(
-            web::scope("/api/v1")
-                .route("/publish", web::post().to(api::publish))
-                .route("/presence/{user}", web::get().to(api::presence))
-                .route("/stats", web::get().to(api::stats))
-                .route("/history/{user}", web::get().to(history::history))
-                .route("/users/{user}/disconnect", web::post().to(api::disconnect))
-                .route("/users/{user}/revoke", web::post().to(access_api::revoke))
-                .route("/users/{user}/block", web::post().to(access_api::block))
-                .route("/users/{user}/block", web::delete().to(access_api::unblock)),
-        );
+        .route("/demo/{file:.*}", web::get().to(demo::file));
+    let mut paths: Vec<&str> = Vec::new();
+    for (_, path, _) in API_ROUTES {
+        if !paths.contains(path) {
+            paths.push(path);
+        }
+    }
+    for path in paths {
+        // One resource per path: a method it does not serve is 405 with `Allow`.
+        let mut resource = web::resource(path.replace("{userId}", "{user}"));
+        let mut allowed = Vec::new();
+        for (method, p, route) in API_ROUTES {
+            if *p == path {
+                resource = resource.route(route());
+                allowed.push(method.to_ascii_uppercase());
+            }
+        }
+        let allow = allowed.join(", ");
+        resource = resource.default_service(web::to(move || {
+            let allow = allow.clone();
+            async move { openapi::method_not_allowed(&allow) }
+        }));
+        cfg.service(resource);
+    }
 }
 
 /// A refusal as plain HTTP: the status and a one-line reason.
