@@ -42,6 +42,7 @@ async fn pod_with_sessions(n: usize) -> Pod {
         outbound_queue_bytes: 1 << 20,
         upstream_rate: 50,
         close_grace: Duration::from_secs(2),
+        deflate_from: None,
     };
     let access = Arc::new(herald::access::AccessList::new(
         herald::access::Keeper::Memory,

@@ -3,7 +3,7 @@
 # Starts its own nats-server and herald pods (release build), runs herald-load scenarios and
 # appends every JSON result line to $OUT (default artifacts/perf/results.jsonl).
 #
-#   scripts/perf-run.sh [single|scale|broadcast100k|membound|durable|durablelimit|store|receipts|peer|sse|soak|all]
+#   scripts/perf-run.sh [single|scale|broadcast100k|membound|durable|durablelimit|store|receipts|access|peer|sse|soak|all]
 #
 # single: one pod, 19,000 connections: idle memory, reconnect storm (with the kernel's
 #         listen queue overflows), broadcast, addressed.
@@ -512,6 +512,37 @@ receipt_subs() {
   curl -sf "http://127.0.0.1:$NATS_JS_MONITOR/connz?subs=1&limit=1024" | grep -o '"[^"]*\.receipts\.[^"]*"' | wc -l
 }
 
+# access: the cost of revocations on the handshake path. One pod in NATS mode on the plain
+# nats-server: a reconnect storm of 19,000 with no rule held, then on a fresh pod with 10,000
+# revocations held (by jti, for 10,000 of the storm's own users, so every handshake of those
+# finds the user's rules and checks them), ACCESS_REPS (default 2) times in turn.
+access() {
+  local reps=${ACCESS_REPS:-2} r held
+  for r in $(seq 1 "$reps"); do
+    for held in 0 10000; do
+      echo "== access: storm of 19,000 with $held revocations held (run $r)"
+      start_pods 1 --api-key perf-key
+      if [ "$held" -gt 0 ]; then
+        python3 - "$BASE_PORT" "$held" <<'PY'
+import http.client, json, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+c = http.client.HTTPConnection("127.0.0.1", port)
+for i in range(n):
+    body = json.dumps({"jti": f"leaked-{i}"})
+    c.request("POST", f"/api/v1/users/st{i}/revoke", body,
+              {"Authorization": "Bearer perf-key", "Content-Type": "application/json"})
+    r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+PY
+        curl -s "http://127.0.0.1:$BASE_PORT/metrics" | grep '^herald_access_rules'
+      fi
+      "$LOAD" "${HUBS[@]}" --nats-url "$NATS" --jwt-secret "$SECRET" --user-prefix st \
+        storm --connections 19000 | sed "s/^{/{\"revocations_held\":$held,/" | record
+      stop_pods
+    done
+  done
+}
+
 receipts() {
   start_js_nats
   local BUS=(--nats-url "$NATS_JS")
@@ -839,6 +870,7 @@ case "$MODE" in
   durablelimit) durablelimit ;;
   store) store ;;
   receipts) receipts ;;
+  access) access ;;
   peer) peer ;;
   sse) sse ;;
   soak) soak ;;

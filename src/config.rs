@@ -291,6 +291,13 @@ pub struct ServeArgs {
     /// completes and is closed with 1013. 0 = unlimited.
     #[arg(long, env = "HERALD_CONNECT_RATE", default_value_t = 0)]
     pub connect_rate: u32,
+    /// permessage-deflate (RFC 7692) for clients that ask, without context takeover: each
+    /// frame is compressed once and shared by its recipients.
+    #[arg(long, env = "HERALD_COMPRESSION", default_value_t = false)]
+    pub compression: bool,
+    /// With --compression: frames shorter than this go uncompressed.
+    #[arg(long, env = "HERALD_COMPRESSION_MIN_BYTES", default_value_t = 256)]
+    pub compression_min_bytes: usize,
     /// How long a token revocation is kept when the revoke request gives no `expires`:
     /// set it to the longest lifetime of the tokens you issue.
     #[arg(long, env = "HERALD_REVOCATION_TTL", default_value = "24h", value_parser = duration)]
@@ -413,6 +420,9 @@ pub struct SessionLimits {
     pub upstream_rate: u32,
     /// How long a closing session waits for the peer's close frame.
     pub close_grace: Duration,
+    /// `--compression`: frames of at least this many bytes go compressed to sessions that
+    /// negotiated permessage-deflate; `None` = the extension is declined.
+    pub deflate_from: Option<usize>,
 }
 
 /// Limits the Registry enforces.
@@ -688,6 +698,7 @@ impl Config {
                 outbound_queue_bytes: args.outbound_queue_bytes,
                 upstream_rate: args.upstream_rate,
                 close_grace: args.close_grace,
+                deflate_from: args.compression.then_some(args.compression_min_bytes),
             },
             registry: RegistryLimits {
                 max_connections: args.max_connections,

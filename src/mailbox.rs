@@ -37,6 +37,9 @@ pub enum ForSession {
 #[rtype(result = "()")]
 pub struct ShardDeliver {
     pub frame: Frame,
+    /// The frame compressed (permessage-deflate), made by the first session that needs it
+    /// and shared by every shard: one compression per message.
+    pub deflated: Arc<std::sync::OnceLock<bytes::Bytes>>,
     pub to: Recipients,
     /// Set for topic messages: a session that unsubscribed since the fan-out is skipped,
     /// so an unsubscribe stops delivery at once.

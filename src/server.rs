@@ -90,7 +90,15 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
     if matches!(config.auth, crate::auth::AuthConfig::Unsigned) {
         tracing::warn!(listen = %config.listen, "no JWT key configured: accepting unsigned connections (loopback only)");
     }
-    let access = Arc::new(crate::access::AccessList::new(keeper, metrics.clone()));
+    let mut access = crate::access::AccessList::new(keeper, metrics.clone());
+    if let Some((client, replicas)) = access_bucket {
+        access = access.with_bucket(crate::access::BucketPlace {
+            client,
+            prefix: subjects.prefix().to_string(),
+            replicas,
+        });
+    }
+    let access = Arc::new(access);
     let pods = Arc::new(PodTable::new(pod.clone()));
     let deliveries = Arc::new(InFlight::default());
     let registry = Registry::new(RegistryDeps {
@@ -130,22 +138,14 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
     let _control = ControlPlane::start(cluster.clone()).await;
     // After the control subscription: a change made meanwhile arrives there too (the newer
     // of two wins).
-    match access_bucket {
-        Some((client, replicas)) => {
-            actix::spawn(crate::access::open_bucket(
-                access.clone(),
-                client,
-                subjects.prefix().to_string(),
-                replicas,
-            ));
-        }
-        None => {
-            access
-                .load()
-                .await
-                .map_err(|e| anyhow::anyhow!(e))
-                .context("loading revocations and blocks")?;
-        }
+    if config.standalone() {
+        access
+            .load()
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("loading revocations and blocks")?;
+    } else {
+        actix::spawn(crate::access::find_bucket(access.clone()));
     }
     actix::spawn(crate::access::sweep_loop(access.clone()));
     if let Some(d) = &jetstream {

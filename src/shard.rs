@@ -83,7 +83,7 @@ impl Shard {
     fn offer(&mut self, io: &SharedIo, msg: &ShardDeliver, tally: &mut Tally) {
         match io
             .borrow_mut()
-            .offer(msg.frame.as_bytes(), msg.topic.as_deref())
+            .offer(msg.frame.as_bytes(), &msg.deflated, msg.topic.as_deref())
         {
             Offer::Queued { first } => {
                 tally.sent += 1;

@@ -59,8 +59,39 @@ fn key_of(rule: &AccessRule) -> String {
 }
 
 impl Keeper {
-    /// NATS mode: the bucket, created if missing (several pods may start at once); Err
-    /// when JetStream is not there (or not permitted) within [`OPEN_TIMEOUT`].
+    /// NATS mode: the bucket if it exists (`None` when it does not yet: it is created
+    /// with the first change, so a cluster that never revokes has no bucket); Err when
+    /// JetStream is not there (or not permitted) within [`OPEN_TIMEOUT`].
+    pub async fn find_bucket(
+        client: async_nats::Client,
+        prefix: &str,
+    ) -> Result<Option<Keeper>, String> {
+        let name = bucket_name(prefix);
+        let find = async {
+            let mut js = jetstream::new(client);
+            js.set_timeout(OPEN_TIMEOUT);
+            match js.get_stream(format!("KV_{name}")).await {
+                Ok(_) => js
+                    .get_key_value(&name)
+                    .await
+                    .map(|s| Some(Keeper::Bucket(Box::new(s))))
+                    .map_err(|e| e.to_string()),
+                Err(e) => match e.kind() {
+                    jetstream::context::GetStreamErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                    {
+                        Ok(None)
+                    }
+                    _ => Err(e.to_string()),
+                },
+            }
+        };
+        tokio::time::timeout(OPEN_TIMEOUT, find)
+            .await
+            .map_err(|_| "JetStream did not answer in time".to_string())?
+    }
+
+    /// NATS mode: the bucket, created if missing (several pods may do this at once).
     pub async fn bucket(
         client: async_nats::Client,
         prefix: &str,

@@ -30,6 +30,16 @@ pub struct AccessList {
     /// True once the kept rules were read (or found unreachable): handshakes before that
     /// wait for it, and readiness reports 503.
     settled: tokio::sync::watch::Sender<bool>,
+    /// NATS mode: where to create the bucket with the first change, if it is not there.
+    bucket: Option<BucketPlace>,
+}
+
+/// The NATS connection and settings a bucket is made with.
+#[derive(Clone)]
+pub struct BucketPlace {
+    pub client: async_nats::Client,
+    pub prefix: String,
+    pub replicas: usize,
 }
 
 impl std::fmt::Debug for AccessList {
@@ -49,7 +59,14 @@ impl AccessList {
             writing: tokio::sync::Mutex::new(()),
             metrics,
             settled: tokio::sync::watch::Sender::new(false),
+            bucket: None,
         }
+    }
+
+    /// NATS mode: rules go to the JetStream bucket at `place`.
+    pub fn with_bucket(mut self, place: BucketPlace) -> AccessList {
+        self.bucket = Some(place);
+        self
     }
 
     pub fn is_settled(&self) -> bool {
@@ -108,15 +125,29 @@ impl AccessList {
         Ok(n)
     }
 
-    /// Keep a change made through this pod's API, then apply it here. The caller
+    /// Keep a change made through this pod's API, then apply it here; returns whether it
+    /// was kept (NATS mode without JetStream: applied and shared, not kept). The caller
     /// announces it to the other pods and closes the sessions it forbids.
-    pub async fn change(&self, rule: AccessRule) -> Result<(), String> {
+    pub async fn change(&self, rule: AccessRule) -> Result<bool, String> {
+        if let (Some(place), Keeper::Memory) = (&self.bucket, &*self.keeper()) {
+            // The first change in a cluster that has no bucket yet makes it.
+            match Keeper::bucket(place.client.clone(), &place.prefix, place.replicas).await {
+                Ok(keeper) => {
+                    self.keep_in(keeper).await?;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "revocation or block not kept: no JetStream bucket (it reaches the live pods only)");
+                    self.apply(rule);
+                    return Ok(false);
+                }
+            }
+        }
         let _one = self.writing.lock().await;
         let mut all = self.all();
         all.push(rule.clone());
         self.keeper().keep(&rule, all).await?;
         self.apply(rule);
-        Ok(())
+        Ok(true)
     }
 
     /// Take a change (from this pod, another pod or the kept set); false when a newer
@@ -178,28 +209,32 @@ pub async fn sweep_loop(access: std::sync::Arc<AccessList>) {
     }
 }
 
-/// NATS mode: open the bucket and read it, without holding the pod's start back. Until it
-/// is read, handshakes wait for it (at most [`keep::OPEN_TIMEOUT`]) and readiness is 503;
-/// without JetStream the rules are held in memory only, and the bucket is tried again
-/// every [`keep::RETRY_EVERY`].
-pub async fn open_bucket(
-    access: std::sync::Arc<AccessList>,
-    client: async_nats::Client,
-    prefix: String,
-    replicas: usize,
-) {
+/// NATS mode: read the bucket, if there is one, without holding the pod's start back.
+/// Until it is read, handshakes wait for it (at most [`keep::OPEN_TIMEOUT`]) and readiness
+/// is 503. Without JetStream the rules are held in memory only, and the bucket is looked
+/// for again every [`keep::RETRY_EVERY`].
+pub async fn find_bucket(access: std::sync::Arc<AccessList>) {
+    let Some(place) = access.bucket.clone() else {
+        access.settle();
+        return;
+    };
     let mut warned = false;
     loop {
-        let opened = match Keeper::bucket(client.clone(), &prefix, replicas).await {
-            Ok(keeper) => access.keep_in(keeper).await,
+        let found = match Keeper::find_bucket(place.client.clone(), &place.prefix).await {
+            Ok(Some(keeper)) => access.keep_in(keeper).await.map(|_| ()),
+            Ok(None) => {
+                // Nothing was ever kept: the first change creates the bucket.
+                access.settle();
+                return;
+            }
             Err(e) => Err(e),
         };
-        match opened {
-            Ok(_) => return,
+        match found {
+            Ok(()) => return,
             Err(e) => {
                 access.settle();
                 if !warned {
-                    tracing::warn!(error = %e, "no JetStream key-value bucket for revocations and blocks: they reach the live pods but are not kept (retried every 15 s)");
+                    tracing::warn!(error = %e, "cannot read the JetStream bucket of revocations and blocks: they reach the live pods but are not kept (retried every 15 s)");
                     warned = true;
                 }
             }

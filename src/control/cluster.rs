@@ -211,12 +211,16 @@ impl Cluster {
 impl Cluster {
     /// A revocation, block or unblock made on this pod: kept (an answered change survives
     /// restarts), applied here and to this pod's sessions, then announced so every other
-    /// pod does the same. Err when it could not be kept or announced.
+    /// pod does the same. Returns whether it was kept (see [`AccessList::change`]); Err
+    /// when it could not be kept or announced.
+    ///
+    /// [`AccessList::change`]: crate::access::AccessList::change
     pub async fn change_access(
         &self,
         rule: herald_proto::access::AccessRule,
-    ) -> Result<(), String> {
-        self.access
+    ) -> Result<bool, String> {
+        let kept = self
+            .access
             .change(rule.clone())
             .await
             .map_err(|e| format!("cannot keep the rule: {e}"))?;
@@ -239,6 +243,8 @@ impl Cluster {
         {
             tracing::warn!(error = %e, "access change not delivered to the registry");
         }
-        published.map_err(|e| format!("kept, but not announced to the other pods: {e}"))
+        published
+            .map(|()| kept)
+            .map_err(|e| format!("applied here, but not announced to the other pods: {e}"))
     }
 }

@@ -107,11 +107,14 @@ pub async fn revoke(
         _ => serde_json::json!({}),
     };
     revoked["expires"] = rule.expires.into();
-    if let Err(e) = state.cluster.change_access(rule).await {
-        return unavailable(e);
-    }
-    tracing::info!(user = %user, "tokens revoked");
-    HttpResponse::Ok().json(serde_json::json!({ "user": user.to_string(), "revoked": revoked }))
+    let kept = match state.cluster.change_access(rule).await {
+        Ok(k) => k,
+        Err(e) => return unavailable(e),
+    };
+    tracing::info!(user = %user, kept, "tokens revoked");
+    HttpResponse::Ok().json(serde_json::json!({
+        "user": user.to_string(), "revoked": revoked, "kept": kept,
+    }))
 }
 
 pub async fn block(
@@ -141,13 +144,15 @@ pub async fn block(
         at_ms: crate::clock::wall_ms(),
         expires: body.until,
     };
-    if let Err(e) = state.cluster.change_access(rule).await {
-        return unavailable(e);
-    }
-    tracing::info!(user = %user, until = body.until, "user blocked");
+    let kept = match state.cluster.change_access(rule).await {
+        Ok(k) => k,
+        Err(e) => return unavailable(e),
+    };
+    tracing::info!(user = %user, until = body.until, kept, "user blocked");
     HttpResponse::Ok().json(serde_json::json!({
         "user": user.to_string(),
         "blocked": { "until": body.until },
+        "kept": kept,
     }))
 }
 
@@ -166,11 +171,14 @@ pub async fn unblock(
         at_ms: crate::clock::wall_ms(),
         expires: now_secs() + UNBLOCK_MEMORY_SECS,
     };
-    if let Err(e) = state.cluster.change_access(rule).await {
-        return unavailable(e);
-    }
-    tracing::info!(user = %user, "user unblocked");
-    HttpResponse::Ok().json(serde_json::json!({ "user": user.to_string(), "blocked": null }))
+    let kept = match state.cluster.change_access(rule).await {
+        Ok(k) => k,
+        Err(e) => return unavailable(e),
+    };
+    tracing::info!(user = %user, kept, "user unblocked");
+    HttpResponse::Ok().json(serde_json::json!({
+        "user": user.to_string(), "blocked": null, "kept": kept,
+    }))
 }
 
 #[cfg(test)]

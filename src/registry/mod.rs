@@ -492,9 +492,11 @@ impl Handler<Deliver> for Registry {
         // One message per shard with recipients; the shards queue and count.
         match &d.target {
             Target::Broadcast => {
+                let deflated = Arc::default();
                 for shard in self.shards.iter().flatten() {
                     shard.do_send(ShardDeliver {
                         frame: d.frame.clone(),
+                        deflated: Arc::clone(&deflated),
                         to: Recipients::All,
                         topic: None,
                     });
@@ -540,6 +542,7 @@ impl Registry {
         frame: &crate::message::Frame,
         topic: Option<Arc<str>>,
     ) {
+        let deflated: Arc<std::sync::OnceLock<bytes::Bytes>> = Arc::default();
         for (shard, ids) in per.into_iter().enumerate() {
             if ids.is_empty() {
                 continue;
@@ -547,6 +550,7 @@ impl Registry {
             if let Some(Some(handle)) = self.shards.get(shard) {
                 handle.do_send(ShardDeliver {
                     frame: frame.clone(),
+                    deflated: Arc::clone(&deflated),
                     to: Recipients::Sessions(ids),
                     topic: topic.clone(),
                 });

@@ -81,12 +81,28 @@ impl SessionIo {
         }
     }
 
-    /// Queue a message frame within the session's byte budget.
-    pub fn offer(&mut self, frame: &[u8], topic: Option<&str>) -> Offer {
+    /// Queue a message frame within the session's byte budget: compressed (computed at
+    /// most once per message, in `deflated`, and shared) where the wire negotiated it.
+    pub fn offer(
+        &mut self,
+        frame: &[u8],
+        deflated: &std::sync::OnceLock<bytes::Bytes>,
+        topic: Option<&str>,
+    ) -> Offer {
         if self.closing || topic.is_some_and(|t| !self.topics.contains(t)) {
             return Offer::Skipped;
         }
-        if !self.link.reserve(self.link.frame_len(frame), self.limit) {
+        let compressed = match self.wire.deflate_from() {
+            Some(min) if frame.len() >= min => {
+                Some(deflated.get_or_init(|| crate::http::websocket::deflate::deflate(frame)))
+            }
+            _ => None,
+        };
+        let len = match compressed {
+            Some(c) => self.wire.deflated_frame_len(c.len()),
+            None => self.link.frame_len(frame),
+        };
+        if !self.link.reserve(len, self.limit) {
             if self.link.overflow() {
                 self.handle
                     .do_send(ForSession::Close(CloseCode::SlowConsumer));
@@ -94,7 +110,10 @@ impl SessionIo {
             return Offer::Dropped;
         }
         let first = self.out.is_empty();
-        self.wire.frame(self.out.frames(), frame);
+        match compressed {
+            Some(c) => self.wire.frame_deflated(self.out.frames(), c),
+            None => self.wire.frame(self.out.frames(), frame),
+        }
         Offer::Queued { first }
     }
 

@@ -65,6 +65,20 @@ pub trait Wire: 'static {
     fn queued_frame_len(&self, buf: &[u8]) -> usize;
     /// Append one server frame (its JSON).
     fn frame(&self, out: &mut BytesMut, json: &[u8]);
+    /// With permessage-deflate negotiated: message frames of at least this many bytes go
+    /// compressed ([`Wire::frame_deflated`]); `None` = never.
+    fn deflate_from(&self) -> Option<usize> {
+        None
+    }
+    /// Append a message frame whose payload is already compressed, once for every
+    /// recipient.
+    fn frame_deflated(&self, out: &mut BytesMut, deflated: &[u8]) {
+        self.frame(out, deflated);
+    }
+    /// Bytes [`Wire::frame_deflated`] appends for a compressed payload of `n` bytes.
+    fn deflated_frame_len(&self, n: usize) -> usize {
+        n
+    }
     /// Append a heartbeat.
     fn heartbeat(&self, out: &mut BytesMut);
     /// Append the answer to a client's ping.

@@ -24,7 +24,7 @@ fi
 if [ "$#" -gt 0 ]; then
   files=("$@")
 else
-  read -r -a files <<< "${E2E_FILES:-e2e/demo.e2e.mjs e2e/durable.e2e.mjs e2e/sse.e2e.mjs e2e/receipts.e2e.mjs}"
+  read -r -a files <<< "${E2E_FILES:-e2e/demo.e2e.mjs e2e/durable.e2e.mjs e2e/sse.e2e.mjs e2e/receipts.e2e.mjs e2e/compression.e2e.mjs}"
 fi
 
 # Files are named explicitly: Node 20 only finds *.test.js-style names in a directory, and

@@ -33,6 +33,8 @@ const OP_PONG: u8 = 0xA;
 #[derive(Debug)]
 struct Partial {
     text: bool,
+    /// RSV1 on its first frame: permessage-deflate compressed.
+    compressed: bool,
     bytes: BytesMut,
 }
 
@@ -40,6 +42,8 @@ struct Partial {
 #[derive(Debug)]
 pub struct Decoder {
     max_message: usize,
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message.
+    deflate: bool,
     partial: Option<Partial>,
     /// Closing: skip data frames instead of decoding them.
     discarding: bool,
@@ -50,6 +54,8 @@ pub struct Decoder {
 /// A parsed frame header.
 struct Header {
     fin: bool,
+    /// RSV1: a compressed message (permessage-deflate).
+    rsv1: bool,
     opcode: u8,
     len: u64,
     /// Header bytes including the mask.
@@ -59,8 +65,14 @@ struct Header {
 
 impl Decoder {
     pub fn new(max_message: usize) -> Decoder {
+        Decoder::with_deflate(max_message, false)
+    }
+
+    /// A decoder for a connection that negotiated permessage-deflate (`deflate`).
+    pub fn with_deflate(max_message: usize, deflate: bool) -> Decoder {
         Decoder {
             max_message,
+            deflate,
             partial: None,
             discarding: false,
             skip: 0,
@@ -107,7 +119,7 @@ impl Decoder {
             buf.advance(header.size);
             let mut payload = buf.split_to(header.len as usize);
             unmask(&mut payload, header.mask);
-            if let Some(item) = self.frame(header.fin, header.opcode, payload)? {
+            if let Some(item) = self.frame(header.fin, header.rsv1, header.opcode, payload)? {
                 return Ok(Some(item));
             }
         }
@@ -119,13 +131,16 @@ impl Decoder {
         let Some(&b0) = buf.first() else {
             return Ok(None);
         };
-        if b0 & 0x70 != 0 {
+        let fin = b0 & 0x80 != 0;
+        let opcode = b0 & 0x0f;
+        let rsv1 = b0 & 0x40 != 0;
+        // RSV1 belongs to permessage-deflate, and only on a message's first frame.
+        let rsv1_allowed = self.deflate && matches!(opcode, OP_TEXT | OP_BINARY);
+        if b0 & 0x30 != 0 || (rsv1 && !rsv1_allowed) {
             return Err(Violation::Protocol(
                 "reserved bits set without an extension",
             ));
         }
-        let fin = b0 & 0x80 != 0;
-        let opcode = b0 & 0x0f;
         let control = opcode & 0x08 != 0;
         match opcode {
             OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG => {}
@@ -188,6 +203,7 @@ impl Decoder {
         };
         Ok(Some(Header {
             fin,
+            rsv1,
             opcode,
             len,
             size,
@@ -199,6 +215,7 @@ impl Decoder {
     fn frame(
         &mut self,
         fin: bool,
+        rsv1: bool,
         opcode: u8,
         payload: BytesMut,
     ) -> Result<Option<Inbound>, Violation> {
@@ -206,10 +223,11 @@ impl Decoder {
             OP_PING => Ok(Some(Inbound::Ping(payload))),
             OP_PONG => Ok(Some(Inbound::Pong)),
             OP_CLOSE => close_frame(&payload).map(|c| Some(Inbound::Close(c))),
-            OP_TEXT | OP_BINARY if fin => finish(opcode == OP_TEXT, payload).map(Some),
+            OP_TEXT | OP_BINARY if fin => self.finish(opcode == OP_TEXT, rsv1, payload).map(Some),
             OP_TEXT | OP_BINARY => {
                 self.partial = Some(Partial {
                     text: opcode == OP_TEXT,
+                    compressed: rsv1,
                     bytes: payload,
                 });
                 Ok(None)
@@ -223,7 +241,8 @@ impl Decoder {
                 };
                 partial.bytes.extend_from_slice(&payload);
                 if fin {
-                    finish(partial.text, partial.bytes).map(Some)
+                    self.finish(partial.text, partial.compressed, partial.bytes)
+                        .map(Some)
                 } else {
                     self.partial = Some(partial);
                     Ok(None)
@@ -233,13 +252,21 @@ impl Decoder {
     }
 }
 
-fn finish(text: bool, bytes: BytesMut) -> Result<Inbound, Violation> {
-    if !text {
-        return Ok(Inbound::Binary(bytes));
+impl Decoder {
+    /// A whole message: inflated first when compressed (never past `max_message`).
+    fn finish(&self, text: bool, compressed: bool, bytes: BytesMut) -> Result<Inbound, Violation> {
+        let bytes = if compressed {
+            BytesMut::from(&super::deflate::inflate(&bytes, self.max_message)?[..])
+        } else {
+            bytes
+        };
+        if !text {
+            return Ok(Inbound::Binary(bytes));
+        }
+        String::from_utf8(bytes.to_vec())
+            .map(Inbound::Text)
+            .map_err(|_| Violation::BadUtf8)
     }
-    String::from_utf8(bytes.to_vec())
-        .map(Inbound::Text)
-        .map_err(|_| Violation::BadUtf8)
 }
 
 /// The code of a Close frame, checked: no 1-byte payload, a code a peer may send, and a

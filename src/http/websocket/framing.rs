@@ -53,6 +53,25 @@ pub fn text(out: &mut BytesMut, payload: &[u8]) {
     Parser::write_message(out, payload, OpCode::Text, true, false);
 }
 
+/// Append a text frame whose payload is permessage-deflate compressed (RSV1 set).
+pub fn text_deflated(out: &mut BytesMut, payload: &[u8]) {
+    let len = payload.len();
+    out.reserve(text_frame_len(len));
+    out.extend_from_slice(&[0x80 | 0x40 | 0x1]);
+    match len {
+        0..=125 => out.extend_from_slice(&[len as u8]),
+        126..=65535 => {
+            out.extend_from_slice(&[126]);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.extend_from_slice(&[127]);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+}
+
 pub fn ping(out: &mut BytesMut) {
     Parser::write_message(out, b"", OpCode::Ping, true, false);
 }
@@ -72,12 +91,21 @@ pub fn close(out: &mut BytesMut, code: u16, reason: &str) {
 /// One WebSocket session's wire: its inbound decoder and the frame encoders.
 pub struct WebSocketWire {
     decoder: Decoder,
+    /// permessage-deflate negotiated: frames from this size on go compressed.
+    deflate_from: Option<usize>,
 }
 
 impl WebSocketWire {
     pub fn new(max_message: usize) -> WebSocketWire {
+        WebSocketWire::with_deflate(max_message, None)
+    }
+
+    /// A wire for a connection that negotiated permessage-deflate when `deflate_from` is
+    /// set (the smallest frame sent compressed).
+    pub fn with_deflate(max_message: usize, deflate_from: Option<usize>) -> WebSocketWire {
         WebSocketWire {
-            decoder: Decoder::new(max_message),
+            decoder: Decoder::with_deflate(max_message, deflate_from.is_some()),
+            deflate_from,
         }
     }
 }
@@ -93,6 +121,18 @@ impl Wire for WebSocketWire {
 
     fn frame(&self, out: &mut BytesMut, json: &[u8]) {
         text(out, json);
+    }
+
+    fn deflate_from(&self) -> Option<usize> {
+        self.deflate_from
+    }
+
+    fn frame_deflated(&self, out: &mut BytesMut, deflated: &[u8]) {
+        text_deflated(out, deflated);
+    }
+
+    fn deflated_frame_len(&self, n: usize) -> usize {
+        text_frame_len(n)
     }
 
     fn queued_frame_len(&self, buf: &[u8]) -> usize {
@@ -149,6 +189,24 @@ mod tests {
         text(&mut out, &vec![b'x'; 70_000]);
         assert_eq!(out[1], 127, "64-bit length form");
         assert_eq!(out.len(), 70_000 + MAX_HEADER);
+    }
+
+    #[test]
+    fn compressed_frames_carry_rsv1_and_measure_like_text() {
+        for n in [0, 125, 126, 65_535, 65_536] {
+            let mut out = BytesMut::new();
+            text_deflated(&mut out, &vec![b'x'; n]);
+            assert_eq!(out[0], 0xC1);
+            assert_eq!(out.len(), text_frame_len(n));
+            let mut plain = BytesMut::new();
+            text(&mut plain, &vec![b'x'; n]);
+            assert_eq!(
+                &out[1..],
+                &plain[1..],
+                "the same header past the first byte"
+            );
+            assert_eq!(queued_frame_len(&out), text_frame_len(n));
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! SSE) all happen before the answer, so every refusal is plain HTTP.
 
 pub mod decoder;
+pub mod deflate;
 pub mod framing;
 
 use actix_codec::Framed;
@@ -58,10 +59,15 @@ pub async fn serve(state: web::Data<AppState>, req: Request, framed: Framed<TcpS
                 .await;
             let _ = io.shutdown().await;
         }
-        Ok((admitted, key)) => {
+        Ok((admitted, key, deflate)) => {
             let accept = actix_http::ws::hash_key(key.as_bytes());
+            let extensions = if deflate {
+                format!("sec-websocket-extensions: {}\r\n", deflate::ACCEPTED)
+            } else {
+                String::new()
+            };
             let head = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {}\r\n\r\n",
+                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {}\r\n{extensions}\r\n",
                 String::from_utf8_lossy(&accept)
             );
             if io.write_all(head.as_bytes()).await.is_err() {
@@ -108,9 +114,9 @@ fn over_connect_rate(state: &AppState, req: &Request) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The WebSocket checks, then the shared admission. Answers the admitted session and the
-/// client's `Sec-WebSocket-Key`.
-async fn admit(state: &AppState, req: &Request) -> Result<(Admitted, String), Refusal> {
+/// The WebSocket checks, then the shared admission. Answers the admitted session, the
+/// client's `Sec-WebSocket-Key`, and whether permessage-deflate was negotiated.
+async fn admit(state: &AppState, req: &Request) -> Result<(Admitted, String, bool), Refusal> {
     if state.is_draining() {
         return Err(refusal(state, 503, "pod is draining"));
     }
@@ -132,6 +138,13 @@ async fn admit(state: &AppState, req: &Request) -> Result<(Admitted, String), Re
         .and_then(|k| k.to_str().ok())
         .unwrap_or_default()
         .to_string();
+    let deflate_from = state.session.limits.deflate_from.filter(|_| {
+        deflate::accepts(
+            req.headers()
+                .get_all(actix_http::header::SEC_WEBSOCKET_EXTENSIONS)
+                .filter_map(|v| v.to_str().ok()),
+        )
+    });
     let admitted = admission::admit(
         state,
         admission::Request {
@@ -139,11 +152,14 @@ async fn admit(state: &AppState, req: &Request) -> Result<(Admitted, String), Re
             query: req.uri().query().unwrap_or(""),
             headers: req.headers(),
             resume: None,
-            wire: Box::new(WebSocketWire::new(state.session.limits.max_frame_bytes)),
+            wire: Box::new(WebSocketWire::with_deflate(
+                state.session.limits.max_frame_bytes,
+                deflate_from,
+            )),
         },
     )
     .await?;
-    Ok((admitted, key))
+    Ok((admitted, key, deflate_from.is_some()))
 }
 
 /// `GET /websocket/{userId}` without an upgrade: a plain HTTP request to the WebSocket
