@@ -920,7 +920,11 @@ async fn pods_starting_at_once_share_one_stream_and_a_restart_updates_its_retent
             .map(|n| n.expect("stream name"))
             .collect()
     };
-    assert_eq!(names, vec![STREAM.to_string()], "one stream (no revocation made: no access bucket)");
+    assert_eq!(
+        names,
+        vec![STREAM.to_string()],
+        "one stream (no revocation made: no access bucket)"
+    );
     let mut stream = js.get_stream(STREAM).await.unwrap();
     let info = stream.info().await.unwrap().clone();
     assert_eq!(info.config.max_age, Duration::from_secs(3600));
