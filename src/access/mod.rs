@@ -131,7 +131,12 @@ impl AccessList {
     pub async fn change(&self, rule: AccessRule) -> Result<bool, String> {
         if let (Some(place), Keeper::Memory) = (&self.bucket, &*self.keeper()) {
             // The first change in a cluster that has no bucket yet makes it.
-            match Keeper::bucket(place.client.clone(), &place.prefix, place.replicas).await {
+            let made = if place.client.server_info().jetstream {
+                Keeper::bucket(place.client.clone(), &place.prefix, place.replicas).await
+            } else {
+                Err("the NATS server has no JetStream".to_string())
+            };
+            match made {
                 Ok(keeper) => {
                     self.keep_in(keeper).await?;
                 }
@@ -220,6 +225,17 @@ pub async fn find_bucket(access: std::sync::Arc<AccessList>) {
     };
     let mut warned = false;
     loop {
+        if !place.client.server_info().jetstream {
+            // The server says it has no JetStream: nothing to wait for (a cluster without
+            // it may not even answer a JetStream request until the timeout).
+            access.settle();
+            if !warned {
+                tracing::warn!("the NATS server has no JetStream: revocations and blocks reach the live pods but are not kept");
+                warned = true;
+            }
+            tokio::time::sleep(keep::RETRY_EVERY).await;
+            continue;
+        }
         let found = match Keeper::find_bucket(place.client.clone(), &place.prefix).await {
             Ok(Some(keeper)) => access.keep_in(keeper).await.map(|_| ()),
             Ok(None) => {
