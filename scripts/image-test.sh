@@ -25,6 +25,7 @@ for tool in podman runc mmdebstrap; do
 done
 
 mkdir -p target/image
+rm -f target/image/rootfs.tar
 printf '[containers]\ndefault_ulimits = []\n' > target/image/containers.conf
 export CONTAINERS_CONF="$PWD/target/image/containers.conf"
 P=(podman --runtime runc --cgroup-manager=cgroupfs)
@@ -45,7 +46,7 @@ cargo build --release --quiet --bin herald
 install -m 0755 target/release/herald target/image/herald
 
 echo "== podman build"
-"${P[@]}" build --quiet --network=host --build-arg "BASE=$BASE" -t "$IMAGE" -f Containerfile . >/dev/null
+"${P[@]}" build --quiet --network=host --build-arg "BASE=$BASE" -t "$IMAGE" -f Containerfile target/image >/dev/null
 
 cleanup() { "${P[@]}" rm -f "$NAME" >/dev/null 2>&1 || true; }
 trap cleanup EXIT

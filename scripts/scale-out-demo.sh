@@ -9,7 +9,7 @@
 #   CLIENTS=6000 REBALANCE_RATE=0.05 scripts/scale-out-demo.sh
 #
 # Environment: CLIENTS [3000], ADD_AFTER [10], RUN_SECS [60], REBALANCE_ABOVE [1.2],
-# REBALANCE_RATE [0.02], CONNECT_RATE [0 = unlimited], HERALD_BIN [target/release/herald,
+# REBALANCE_RATE [0.02], CONNECT_RATE [0 = unlimited], BALANCE [roundrobin, or leastconn], HERALD_BIN [target/release/herald,
 # else target/debug/herald], NATS_SERVER [/usr/sbin/nats-server], HAPROXY [/usr/sbin/haproxy],
 # BASE_PORT [18300: NATS on it, the balancer on +1, pods on +10..+12].
 # Needs Debian's haproxy and nats-server packages and Node 20 or later.
@@ -21,6 +21,7 @@ RUN_SECS=${RUN_SECS:-60}
 ABOVE=${REBALANCE_ABOVE:-1.2}
 RATE=${REBALANCE_RATE:-0.02}
 CONNECT_RATE=${CONNECT_RATE:-0}
+BALANCE=${BALANCE:-roundrobin}
 NATS_SERVER=${NATS_SERVER:-/usr/sbin/nats-server}
 HAPROXY=${HAPROXY:-/usr/sbin/haproxy}
 BASE=${BASE_PORT:-18300}
@@ -45,12 +46,17 @@ LB_PORT=$((BASE + 1))
 pids+=($!)
 sleep 0.3
 
-start_pod() {
+spawn_pod() {
   local i=$1 port=$((BASE + 10 + $1))
   HERALD_LOG=warn "$HERALD_BIN" serve --listen "127.0.0.1:$port" --nats-url "nats://127.0.0.1:$NATS_PORT" \
     --pod-name "pod-$i" --max-connections 20000 --rebalance-above "$ABOVE" --rebalance-rate "$RATE" \
     --connect-rate "$CONNECT_RATE" >"$WORK/pod-$i.log" 2>&1 &
   pids+=($!)
+}
+
+start_pod() {
+  local i=$1 port=$((BASE + 10 + $1))
+  spawn_pod "$i"
   for _ in $(seq 1 100); do
     curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
     sleep 0.1
@@ -79,7 +85,7 @@ frontend fe
   bind 127.0.0.1:$LB_PORT
   default_backend pods
 backend pods
-  balance roundrobin
+  balance $BALANCE
   option httpchk GET /readyz
 $servers
 CFG
@@ -96,12 +102,12 @@ count() { # connections and shed total of pod $1, or "-" when it is not up
     awk '/^herald_connections /{c=$2} /^herald_rebalance_shed_total /{s=$2} END{if(c=="")print "- -"; else print c+0, s+0}'
 }
 
-echo "clients=$CLIENTS rebalance-above=$ABOVE rebalance-rate=$RATE connect-rate=$CONNECT_RATE; pod-2 starts at ${ADD_AFTER}s"
+echo "balance=$BALANCE clients=$CLIENTS rebalance-above=$ABOVE rebalance-rate=$RATE connect-rate=$CONNECT_RATE; pod-2 starts at ${ADD_AFTER}s"
 printf '%4s  %14s  %14s  %14s\n' "t(s)" "pod-0 (shed)" "pod-1 (shed)" "pod-2 (shed)"
 for t in $(seq 1 "$RUN_SECS"); do
   sleep 1
   if [ "$t" -eq "$ADD_AFTER" ]; then
-    start_pod 2 &
+    spawn_pod 2
   fi
   line=$(printf '%4s' "$t")
   for i in 0 1 2; do

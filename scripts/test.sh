@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every check CI runs, on a fresh Debian machine: installs what is missing (nats-server,
-# openssl, chromium, python3-venv, haproxy), then formatting, lints, Rust tests, the JS client's unit
+# openssl, chromium, python3-venv, haproxy, podman, runc, mmdebstrap), then formatting, lints, Rust tests, the JS client's unit
 # tests, the API fuzz run against docs/openapi.json, the offline Kubernetes checks and the
 # browser end-to-end test.
 # The Rust tests run against Debian's nats-server package; the test targets that start a
@@ -31,6 +31,10 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v openssl >/dev/null || missing+=(openssl)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+# The container image test (scripts/image-test.sh): podman with runc, a base made by mmdebstrap.
+command -v podman >/dev/null || missing+=(podman)
+command -v runc >/dev/null || missing+=(runc)
+command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing: ${missing[*]}"
   apt-get update -qq
@@ -79,6 +83,9 @@ node --test clients/js/test/*.test.js
 echo "== HTTP API against docs/openapi.json (Schemathesis; standalone and NATS --durable)"
 cargo build -q --bin herald
 HERALD_TEST_NATS_SERVER=$DEBIAN_NATS bash scripts/api-fuzz.sh
+
+echo "== container image: built and run with podman (scripts/image-test.sh)"
+IMAGE_TEST_REQUIRED=1 bash scripts/image-test.sh
 
 echo "== Kubernetes manifests (offline)"
 bash scripts/check-k8s.sh

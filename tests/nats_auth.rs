@@ -379,6 +379,28 @@ async fn herald_and_a_service_work_within_the_shipped_permissions_and_no_further
 }
 
 #[tokio::test]
+async fn revocations_are_kept_within_the_shipped_permissions() {
+    let (nats, herald_pw, _) = authorized_nats().await;
+    let a = pod(&nats, &herald_pw, "pod-a", &[]).await;
+    let old = token_marked("u1", 600, Some(herald::auth::now_secs() - 60), None);
+    let (status, body) = a
+        .api(
+            "POST",
+            "/api/v1/users/u1/revoke",
+            json!({ "before": herald::auth::now_secs() }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["kept"], true, "kept in the bucket: {body}");
+    // A pod started afterwards reads the bucket with the same permissions.
+    let b = pod(&nats, &herald_pw, "pod-b", &[]).await;
+    match try_connect(&b.ws_url("u1", &format!("token={old}")), &[]).await {
+        Ok(_) => panic!("pod-b accepted a revoked token"),
+        Err(r) => assert_eq!(r.status, 401, "{}", r.body),
+    }
+}
+
+#[tokio::test]
 async fn durable_mode_works_within_the_shipped_permissions() {
     let (nats, herald_pw, service_pw) = authorized_nats().await;
     // Two pods create or update the stream at once.

@@ -40,9 +40,10 @@ impl std::fmt::Debug for Keeper {
     }
 }
 
-/// The bucket's name for a subject prefix: `herald` → `HERALD_ACCESS`.
+/// The bucket's name for a subject prefix: `herald` → `HERALD-ACCESS` (its stream is
+/// `KV_HERALD-ACCESS`).
 pub fn bucket_name(prefix: &str) -> String {
-    format!("{}_ACCESS", crate::store::jetstream::stream_name(prefix))
+    format!("{}-ACCESS", crate::store::jetstream::stream_name(prefix))
 }
 
 /// The key of a rule in the bucket: `<user>.before`, `<user>.block`, `<user>.jti.<b64>`.
@@ -285,7 +286,7 @@ mod tests {
         assert!(key
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_=./".contains(&b)));
-        assert_eq!(bucket_name("app.herald"), "APP_HERALD_ACCESS");
+        assert_eq!(bucket_name("app.herald"), "APP_HERALD-ACCESS");
     }
 
     #[test]
