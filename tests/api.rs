@@ -52,6 +52,8 @@ async fn bad_publish_requests_get_400_with_a_reason() {
         json!({"user": "a.b"}),
         json!({"user": "u", "broadcast": true}),
         json!({"user": "u", "bogus": 1}),
+        json!({"user": "u", "event": "a\nb"}),
+        json!({"user": "u", "id": "x\r"}),
     ] {
         let (status, v) = hub.publish(body.clone()).await;
         assert_eq!(status, 400, "{body}");

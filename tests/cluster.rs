@@ -267,6 +267,13 @@ async fn upstream_frames_and_presence_events_reach_services() {
     assert_eq!(ev["pod"], "pod-a");
     assert_eq!(ev["device"], "printer");
     assert_eq!(ev["session"], welcome["session"]);
+    // An event name cannot hold a line break (it is a NATS header): refused, nothing sent.
+    send_text(
+        &mut ws,
+        r#"{"type":"publish","event":"a\r\nb","data":{"id":"A-0"}}"#,
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["code"], "bad_frame");
     send_text(
         &mut ws,
         r#"{"type":"publish","event":"printed","data":{"id":"A-1"}}"#,

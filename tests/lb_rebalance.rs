@@ -3,6 +3,8 @@
 //! pods holding 3,000 clients that reconnect after a close as browsers do (random delay);
 //! a third pod starts, and within 60 s the pods' sessions even out to within
 //! `--rebalance-above` (1.2) × the mean by the first pods shedding with 1012 `rebalance`.
+//! In durable mode, the same with steady addressed traffic to every user: the shed
+//! clients resume with `since=` and not one message is lost or repeated.
 
 mod common;
 
@@ -56,23 +58,25 @@ impl Drop for Haproxy {
 }
 
 async fn pod(nats: &Nats, port: u16, name: &str) -> Hub {
+    pod_with(nats, port, name, &[]).await
+}
+
+async fn pod_with(nats: &Nats, port: u16, name: &str, extra: &[&str]) -> Hub {
     let url = nats.url();
-    let hub = Hub::start_on(
-        port,
-        &[
-            "--jwt-secret",
-            SECRET,
-            "--api-key",
-            API_KEY,
-            "--nats-url",
-            &url,
-            "--pod-name",
-            name,
-            "--max-connections",
-            "20000",
-        ],
-    )
-    .await;
+    let mut args = vec![
+        "--jwt-secret",
+        SECRET,
+        "--api-key",
+        API_KEY,
+        "--nats-url",
+        &url,
+        "--pod-name",
+        name,
+        "--max-connections",
+        "20000",
+    ];
+    args.extend_from_slice(extra);
+    let hub = Hub::start_on(port, &args).await;
     hub.wait_ready(200).await;
     hub
 }
@@ -189,4 +193,138 @@ async fn a_third_pod_gets_its_share_within_a_minute() {
         reconnects.load(Ordering::Relaxed) as f64 >= shed,
         "every shed client came back"
     );
+}
+
+/// What a durable client received: each message's sequence number (its `data`), in order.
+type Received = Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u64>>>>;
+
+/// A browser-like durable client: like [`client`], resuming with `since=` the cursor of
+/// the last message it got, and recording every message's number.
+fn durable_client(lb: u16, user: String, got: Received, open: Arc<AtomicU64>) {
+    tokio::spawn(async move {
+        let mut cursor: Option<String> = None;
+        loop {
+            let since = cursor
+                .as_ref()
+                .map(|c| format!("&since={c}"))
+                .unwrap_or_default();
+            let url = format!(
+                "ws://127.0.0.1:{lb}/websocket/{user}?token={}{since}",
+                token(&user, 600, None)
+            );
+            if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await {
+                open.fetch_add(1, Ordering::Relaxed);
+                while let Some(Ok(m)) = ws.next().await {
+                    match m {
+                        Message::Text(t) => {
+                            let v: serde_json::Value =
+                                serde_json::from_str(t.as_str()).unwrap_or_default();
+                            if v["type"] == "message" {
+                                if let Some(n) = v["data"].as_u64() {
+                                    got.lock().unwrap().entry(user.clone()).or_default().push(n);
+                                }
+                                cursor = v["cursor"].as_str().map(str::to_string);
+                            }
+                        }
+                        Message::Close(_) => break,
+                        _ => {}
+                    }
+                }
+                open.fetch_sub(1, Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_millis(200 + rand_ms(1800))).await;
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_durable_mode_shed_clients_lose_and_repeat_nothing() {
+    const USERS: usize = 3000;
+    const ROUNDS: u64 = 8;
+    let nats = Nats::start_js().await;
+    let ports = [free_port(), free_port(), free_port()];
+    let durable = ["--durable"];
+    let a = pod_with(&nats, ports[0], "pod-a", &durable).await;
+    let b = pod_with(&nats, ports[1], "pod-b", &durable).await;
+    let lb_port = free_port();
+    let _lb = Haproxy::start(lb_port, &ports);
+    wait_for_status(
+        &format!("http://127.0.0.1:{lb_port}/readyz"),
+        200,
+        WAIT,
+        "haproxy in front of the pods",
+    )
+    .await;
+    let got: Received = Arc::default();
+    let open = Arc::new(AtomicU64::new(0));
+    let users: Vec<String> = (0..USERS).map(|i| format!("dl{i}")).collect();
+    for u in &users {
+        durable_client(lb_port, u.clone(), got.clone(), open.clone());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while connections(&a).await + connections(&b).await < USERS as f64 {
+        assert!(Instant::now() < deadline, "the clients did not all connect");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Message 0 to everyone first, so every client holds a cursor before any is shed.
+    let publish_round = |n: u64| {
+        let users = users.clone();
+        let a = &a;
+        async move {
+            for u in &users {
+                let (status, body) = a.publish(serde_json::json!({"user": u, "data": n})).await;
+                assert_eq!(status, 202, "{body}");
+            }
+        }
+    };
+    publish_round(0).await;
+    let all_have = |n: usize| {
+        let got = got.lock().unwrap();
+        users
+            .iter()
+            .all(|u| got.get(u).is_some_and(|v| v.len() >= n))
+    };
+    let deadline = Instant::now() + WAIT;
+    while !all_have(1) {
+        assert!(
+            Instant::now() < deadline,
+            "message 0 did not reach every client"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let c = pod_with(&nats, ports[2], "pod-c", &durable).await;
+    let started = Instant::now();
+    // Steady traffic to every user while the pods shed: a round every 2.5 s or so.
+    for n in 1..=ROUNDS {
+        publish_round(n).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !all_have(ROUNDS as usize + 1) {
+        assert!(Instant::now() < deadline, "not every message arrived");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Anything repeated would arrive by now too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let shed = a.metric("herald_rebalance_shed_total").await
+        + b.metric("herald_rebalance_shed_total").await;
+    let counts = (
+        connections(&a).await,
+        connections(&b).await,
+        connections(&c).await,
+    );
+    eprintln!(
+        "durable: {shed} shed in {:.1} s; pods now {counts:?}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        shed > 0.0,
+        "the scenario must shed for the check to mean anything"
+    );
+    let want: Vec<u64> = (0..=ROUNDS).collect();
+    let got = got.lock().unwrap();
+    for u in &users {
+        assert_eq!(got.get(u), Some(&want), "{u}: every message once, in order");
+    }
 }

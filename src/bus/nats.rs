@@ -12,6 +12,7 @@
 //! ever shown with its user info redacted ([`redact_url`]).
 
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -341,7 +342,12 @@ pub(crate) fn to_header_map(headers: &[(String, String)]) -> Option<async_nats::
     }
     let mut map = async_nats::HeaderMap::new();
     for (k, v) in headers {
-        map.insert(k.as_str(), v.as_str());
+        // Callers refuse line breaks; this keeps a missed one from panicking in the client.
+        let Ok(value) = async_nats::HeaderValue::from_str(v) else {
+            tracing::warn!(header = %k, "header value with a line break dropped");
+            continue;
+        };
+        map.insert(k.as_str(), value);
     }
     Some(map)
 }

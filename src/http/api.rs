@@ -172,6 +172,7 @@ pub fn publish_message(
     };
     let id = match body.id {
         Some(id) if id.is_empty() || id.len() > 256 => return Err("id: 1 to 256 bytes".into()),
+        Some(id) if has_line_break(&id) => return Err("id: may not contain CR or LF".into()),
         Some(id) => id,
         None => new_message_id(),
     };
@@ -181,6 +182,10 @@ pub fn publish_message(
     );
     let mut msg = Outbound::new(subject, payload).header(HEADER_MSG_ID, id.clone());
     if let Some(event) = body.event {
+        // Carried in a NATS header, where a line break would end the header block.
+        if has_line_break(&event) {
+            return Err("event: may not contain CR or LF".into());
+        }
         msg = msg.header(HEADER_EVENT, event);
     }
     if let Some(d) = body.device {
@@ -188,6 +193,10 @@ pub fn publish_message(
         msg = msg.header(HEADER_DEVICE, d.to_string());
     }
     Ok((id, msg))
+}
+
+fn has_line_break(s: &str) -> bool {
+    s.contains(['\r', '\n'])
 }
 
 pub async fn publish(req: HttpRequest, body: Bytes, state: web::Data<AppState>) -> HttpResponse {

@@ -19,6 +19,10 @@ impl Session {
     pub(super) fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
         match ClientFrame::parse(text) {
             Ok(ClientFrame::Ping) => self.send_frame(&ServerFrame::Pong, ctx),
+            Ok(ClientFrame::Publish { event: Some(e), .. }) if e.contains(['\r', '\n']) => {
+                // The event travels as a NATS header, where a line break ends the block.
+                self.bad_frame("event may not contain CR or LF", ctx)
+            }
             Ok(ClientFrame::Publish { event, data }) => self.publish_upstream(event, data, ctx),
             Ok(ClientFrame::Subscribe { topic }) => self.subscribe(topic, ctx),
             Ok(ClientFrame::Unsubscribe { topic }) => {
