@@ -70,7 +70,7 @@ echo "release: $RELEASE_NATS: $("$RELEASE_NATS" --version)"
 echo "== cargo test: the NATS test targets again, against nats-server $NATS_RELEASE"
 HERALD_TEST_NATS_SERVER=$RELEASE_NATS cargo test \
   --test bus_conformance --test cluster --test durable --test durable_cluster --test load \
-  --test nats_auth --test access \
+  --test nats_auth --test nats_tls --test access \
   --test pod_discovery --test receipts --test sse --test store_conformance --test topics \
   --test cluster_limit --test rebalance
 

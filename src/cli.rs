@@ -171,6 +171,7 @@ async fn publish_async(args: PublishArgs) -> Result<Published, String> {
     let options = crate::bus::nats::NatsOptions {
         creds: args.nats_creds.clone(),
         inbox_prefix: None,
+        tls: args.nats_tls.files(),
     };
     let bus = NatsBus::connect_with(&args.nats_url, "herald-cli", &options, metrics)
         .await

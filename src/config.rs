@@ -36,6 +36,42 @@ pub enum Command {
     Block(BlockArgs),
 }
 
+/// TLS files for herald's NATS connections (the NATS client and the interest connection).
+#[derive(Debug, Clone, Default, Args)]
+pub struct NatsTlsArgs {
+    /// PEM file of the CA certificates that sign the NATS servers' certificates (default:
+    /// the system's roots). Given, every NATS connection must use TLS.
+    #[arg(long, env = "HERALD_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// PEM file of the client certificate herald presents to NATS (with --nats-tls-key).
+    #[arg(long, env = "HERALD_NATS_TLS_CERT")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    #[arg(long, env = "HERALD_NATS_TLS_KEY")]
+    pub nats_tls_key: Option<PathBuf>,
+}
+
+impl NatsTlsArgs {
+    pub fn files(&self) -> crate::bus::tls::NatsTls {
+        crate::bus::tls::NatsTls {
+            ca: self.nats_tls_ca.clone(),
+            cert: self.nats_tls_cert.clone(),
+            key: self.nats_tls_key.clone(),
+        }
+    }
+}
+
+/// What is wrong with the `--nats-tls-*` files, if anything.
+pub fn nats_tls_problem(nats_urls: &[String], tls: &crate::bus::tls::NatsTls) -> Option<String> {
+    if !tls.is_set() {
+        return None;
+    }
+    if nats_urls.is_empty() {
+        return Some("--nats-tls-ca, --nats-tls-cert and --nats-tls-key need --nats-url".into());
+    }
+    tls.client_config().err()
+}
+
 /// Where the API of a herald pod is, for `herald revoke` and `herald block`.
 #[derive(Debug, Clone, Args)]
 pub struct AccessArgs {
@@ -200,6 +236,8 @@ pub struct ServeArgs {
     /// NATS credentials file (JWT + NKey seed).
     #[arg(long, env = "HERALD_NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
+    #[command(flatten)]
+    pub nats_tls: NatsTlsArgs,
     /// Prefix of every NATS subject.
     #[arg(long, env = "HERALD_SUBJECT_PREFIX", default_value = "herald")]
     pub subject_prefix: String,
@@ -399,6 +437,8 @@ pub struct PublishArgs {
     /// NATS credentials file (JWT + NKey seed).
     #[arg(long, env = "HERALD_NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
+    #[command(flatten)]
+    pub nats_tls: NatsTlsArgs,
     #[arg(long, env = "HERALD_SUBJECT_PREFIX", default_value = "herald")]
     pub subject_prefix: String,
     #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
@@ -483,6 +523,8 @@ pub struct Config {
     pub nats_urls: Vec<String>,
     /// NATS credentials file (JWT + NKey seed), checked readable.
     pub nats_creds: Option<PathBuf>,
+    /// TLS files for NATS, checked loadable.
+    pub nats_tls: crate::bus::tls::NatsTls,
     pub subject_prefix: String,
     pub auth: crate::auth::AuthConfig,
     pub api_key: Option<String>,
@@ -515,6 +557,7 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("nats_urls", &nats_urls)
             .field("nats_creds", &self.nats_creds)
+            .field("nats_tls", &self.nats_tls)
             .field("subject_prefix", &self.subject_prefix)
             .field("auth", &self.auth)
             .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
@@ -544,6 +587,10 @@ impl Config {
             .filter(|u| !u.is_empty())
             .collect();
         if let Some(p) = nats_creds_problem(&nats_urls, args.nats_creds.as_deref()) {
+            problems.push(p);
+        }
+        let nats_tls = args.nats_tls.files();
+        if let Some(p) = nats_tls_problem(&nats_urls, &nats_tls) {
             problems.push(p);
         }
         if !args.subject_prefix.split('.').all(|t| {
@@ -685,6 +732,7 @@ impl Config {
             listen: args.listen,
             nats_urls,
             nats_creds: args.nats_creds,
+            nats_tls,
             subject_prefix: args.subject_prefix,
             auth,
             api_key: api_key
@@ -734,15 +782,18 @@ pub fn nats_creds_problem(nats_urls: &[String], creds: Option<&std::path::Path>)
     if nats_urls.is_empty() {
         return Some("--nats-creds needs --nats-url".into());
     }
-    if let Err(e) = std::fs::read_to_string(path) {
-        return Some(format!("--nats-creds {}: {e}", path.display()));
-    }
-    match crate::bus::nats::parse_urls(nats_urls) {
-        Ok((_, Some(_))) => Some(
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => return Some(format!("--nats-creds {}: {e}", path.display())),
+    };
+    if let Ok((_, Some(_))) = crate::bus::nats::parse_urls(nats_urls) {
+        return Some(
             "--nats-creds and credentials in --nats-url: give NATS credentials one way only".into(),
-        ),
-        _ => None,
+        );
     }
+    crate::bus::creds::UserCredentials::parse(&text)
+        .err()
+        .map(|e| format!("--nats-creds {}: {e}", path.display()))
 }
 
 fn default_pod_name() -> String {
@@ -806,7 +857,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("herald-creds-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("herald.creds");
-        std::fs::write(&file, "-----BEGIN NATS USER JWT-----\n").unwrap();
+        let seed = nkeys::KeyPair::new_user().seed().unwrap();
+        std::fs::write(
+            &file,
+            format!(
+                "-----BEGIN NATS USER JWT-----\na.b.c\n------END NATS USER JWT------\n\
+                 -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+            ),
+        )
+        .unwrap();
         let path = file.to_str().unwrap();
         let cli = parse(&["--nats-url", "nats://a:1", "--nats-creds", path]);
         let cfg = Config::from_args(cli.serve).unwrap();
@@ -823,6 +882,22 @@ mod tests {
         ]);
         let problems = Config::from_args(cli.serve).unwrap_err();
         assert!(problems[0].contains("missing.creds"), "{problems:?}");
+        let bad = dir.join("bad.creds");
+        std::fs::write(&bad, "-----BEGIN NATS USER JWT-----\n").unwrap();
+        let cli = parse(&[
+            "--nats-url",
+            "nats://a:1",
+            "--nats-creds",
+            bad.to_str().unwrap(),
+        ]);
+        let problems = Config::from_args(cli.serve).unwrap_err();
+        assert!(problems[0].contains("bad.creds"), "{problems:?}");
+        // TLS files: checked at start, and only with NATS.
+        let problems = Config::from_args(parse(&["--nats-tls-ca", path]).serve).unwrap_err();
+        assert!(problems[0].contains("need --nats-url"), "{problems:?}");
+        let cli = parse(&["--nats-url", "nats://a:1", "--nats-tls-ca", path]);
+        let problems = Config::from_args(cli.serve).unwrap_err();
+        assert!(problems[0].contains("--nats-tls-ca"), "{problems:?}");
         let cli = parse(&["--nats-url", "nats://u:hidden@a:1", "--nats-creds", path]);
         let problems = Config::from_args(cli.serve).unwrap_err();
         assert!(

@@ -61,6 +61,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
     } else {
         let options = crate::bus::nats::NatsOptions {
             creds: config.nats_creds.clone(),
+            tls: config.nats_tls.clone(),
             inbox_prefix: Some(crate::bus::nats::HERALD_INBOX_PREFIX.to_string()),
         };
         let nats = NatsBus::connect_with(&config.nats_urls, &pod, &options, metrics.clone())

@@ -7,12 +7,14 @@
 //! on the pod, most of what an idle connection costs (docs/decisions.md). Here a
 //! subscription is a map entry.
 //!
-//! Scope: plain TCP, with the user/password or token from the URLs. A server that requires
-//! TLS, or a credentials file (NKey signatures), is not handled here; the bus then keeps
-//! using async-nats subscriptions. The connection fails over across the URLs in order and
-//! re-sends every `SUB` after a reconnect, like async-nats; messages published while it is
-//! down are lost (durable mode re-reads the stream: the connection generation moves).
-//! A `SUB` is confirmed by the `PONG` to the `PING` written after it.
+//! It authenticates as the NATS client does: user/password or token from the URLs, or a
+//! credentials file (the user JWT, and the server's nonce signed with the NKey seed). It
+//! upgrades to TLS after INFO when a URL says `tls://`, the `--nats-tls-*` files are given,
+//! or the server requires it, with the same rustls configuration as the NATS client; it
+//! never falls back to plain TCP when TLS was asked for. The connection fails over across
+//! the URLs in order and re-sends every `SUB` after a reconnect, like async-nats; messages
+//! published while it is down are lost (durable mode re-reads the stream: the connection
+//! generation moves). A `SUB` is confirmed by the `PONG` to the `PING` written after it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,10 +22,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::TlsConnector;
 
+use super::creds::UserCredentials;
 use super::nats::UrlCredentials;
 use super::{BusError, BusMessage};
 
@@ -32,6 +38,8 @@ use super::{BusError, BusMessage};
 const SINK_CAPACITY: usize = 8192;
 /// Keepalive: a PING this often; no PONG by the next one means the connection is dead.
 const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a TCP connect, INFO or TLS handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest control line accepted from the server.
 const MAX_LINE: usize = 64 * 1024;
 
@@ -44,15 +52,21 @@ enum Command {
 pub struct Interest {
     commands: mpsc::UnboundedSender<Command>,
     connected: Arc<AtomicBool>,
-    /// The server requires TLS: this connection gave up (see the module docs).
-    tls_refused: Arc<AtomicBool>,
+    refusal: Arc<std::sync::Mutex<Option<String>>>,
 }
 
-/// Where to connect.
+/// Where to connect, and how.
 pub struct Target {
     pub servers: Vec<(String, u16)>,
     pub name: String,
     pub credentials: Option<UrlCredentials>,
+    /// A credentials file's JWT and key, for servers that send a nonce.
+    pub user_credentials: Option<Arc<UserCredentials>>,
+    /// Every connection must be TLS (a `tls://` URL or the `--nats-tls-*` files).
+    pub tls_required: bool,
+    /// The rustls configuration shared with the NATS client; when none is given and a
+    /// server asks for TLS, one trusting the system's roots.
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 impl Interest {
@@ -65,20 +79,18 @@ impl Interest {
         let (commands, rx) = mpsc::unbounded_channel();
         let (sink, messages) = mpsc::channel(SINK_CAPACITY);
         let connected = Arc::new(AtomicBool::new(false));
-        let tls_refused = Arc::new(AtomicBool::new(false));
-        tokio::spawn(run(
-            target,
-            rx,
-            sink,
-            connected.clone(),
+        let refusal = Arc::new(std::sync::Mutex::new(None));
+        let state = State {
+            connected: connected.clone(),
+            refusal: refusal.clone(),
             generation,
-            tls_refused.clone(),
-        ));
+        };
+        tokio::spawn(run(target, rx, sink, state));
         (
             Interest {
                 commands,
                 connected,
-                tls_refused,
+                refusal,
             },
             messages,
         )
@@ -88,8 +100,14 @@ impl Interest {
         self.connected.load(Ordering::Acquire)
     }
 
-    pub fn tls_refused(&self) -> bool {
-        self.tls_refused.load(Ordering::Acquire)
+    /// Why the last attempt failed after reaching a server (TLS, credentials, a server
+    /// that closed before the connection came up); None once connected, or while the
+    /// servers are only unreachable.
+    pub fn refusal(&self) -> Option<String> {
+        self.refusal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Subscribe; resolves once the server has the subscription (or after `wait`, when it
@@ -108,6 +126,20 @@ impl Interest {
     }
 }
 
+/// What the connection task shares with the handle.
+struct State {
+    connected: Arc<AtomicBool>,
+    refusal: Arc<std::sync::Mutex<Option<String>>>,
+    /// Moves at every connection made.
+    generation: Arc<AtomicU64>,
+}
+
+impl State {
+    fn refused(&self, why: Option<String>) {
+        *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+}
+
 /// The subscriptions, kept across reconnects.
 #[derive(Default)]
 struct Subs {
@@ -116,51 +148,72 @@ struct Subs {
 }
 
 async fn run(
-    target: Target,
+    mut target: Target,
     mut commands: mpsc::UnboundedReceiver<Command>,
     sink: mpsc::Sender<BusMessage>,
-    connected: Arc<AtomicBool>,
-    generation: Arc<AtomicU64>,
-    tls_refused: Arc<AtomicBool>,
+    state: State,
 ) {
     let mut subs = Subs::default();
     // Confirmations waiting for a PONG; the ones of a lost connection carry over.
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     let mut attempt: u64 = 0;
+    // Said once per outage, not on every retry.
+    let mut last_failure = String::new();
     loop {
-        let (host, port) = &target.servers[(attempt as usize) % target.servers.len()];
-        match TcpStream::connect((host.as_str(), *port)).await {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                match session(
+        let server = target.servers[(attempt as usize) % target.servers.len()].clone();
+        let ended = match open(&server, &mut target).await {
+            Ok(Opened::Plain(stream, buf, info)) => {
+                session(
                     stream,
+                    buf,
+                    &info,
                     &target,
                     &mut subs,
                     &mut commands,
                     &sink,
-                    &connected,
-                    &generation,
+                    &state,
                     &mut waiting,
                 )
                 .await
-                {
-                    Ended::Stopped => return,
-                    Ended::Tls => {
-                        tls_refused.store(true, Ordering::Release);
-                        tracing::info!(
-                            "NATS requires TLS: interest subscriptions stay on the NATS client"
-                        );
-                        return;
-                    }
-                    Ended::Lost(why) => {
-                        connected.store(false, Ordering::Release);
-                        tracing::warn!(why = %why, "NATS interest connection lost; reconnecting");
-                        attempt = 0;
-                    }
+            }
+            Ok(Opened::Tls(stream, info)) => {
+                session(
+                    *stream,
+                    BytesMut::with_capacity(16 * 1024),
+                    &info,
+                    &target,
+                    &mut subs,
+                    &mut commands,
+                    &sink,
+                    &state,
+                    &mut waiting,
+                )
+                .await
+            }
+            Err(ended) => ended,
+        };
+        match ended {
+            Ended::Stopped => return,
+            Ended::Lost(why) => {
+                state.connected.store(false, Ordering::Release);
+                tracing::warn!(why = %why, "NATS interest connection lost; reconnecting");
+                last_failure.clear();
+                attempt = 0;
+            }
+            Ended::Unreachable(why) => {
+                if why != last_failure {
+                    tracing::debug!(server = %server.0, port = server.1, why = %why,
+                        "NATS interest connection: server unreachable");
+                    last_failure = why;
                 }
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "NATS interest connection: server unreachable");
+            Ended::Failed(why) => {
+                state.refused(Some(why.clone()));
+                if why != last_failure {
+                    tracing::warn!(server = %server.0, port = server.1, why = %why,
+                        "NATS interest connection failed; retrying");
+                    last_failure = why;
+                }
             }
         }
         attempt += 1;
@@ -168,57 +221,112 @@ async fn run(
     }
 }
 
+/// A connection ready for CONNECT: the server's INFO read, TLS done where asked for.
+enum Opened {
+    /// Plain TCP, with what was read after INFO.
+    Plain(TcpStream, BytesMut, serde_json::Value),
+    Tls(
+        Box<tokio_rustls::client::TlsStream<TcpStream>>,
+        serde_json::Value,
+    ),
+}
+
+async fn open(server: &(String, u16), target: &mut Target) -> Result<Opened, Ended> {
+    let (host, port) = server;
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), *port)))
+        .await
+        .map_err(|_| Ended::Unreachable("connect timed out".into()))?
+        .map_err(|e| Ended::Unreachable(e.to_string()))?;
+    negotiate(stream, host, target).await.map_err(Ended::Failed)
+}
+
+/// INFO, then TLS when asked for.
+async fn negotiate(
+    mut stream: TcpStream,
+    host: &str,
+    target: &mut Target,
+) -> Result<Opened, String> {
+    let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let info = tokio::time::timeout(CONNECT_TIMEOUT, read_info(&mut stream, &mut buf))
+        .await
+        .map_err(|_| "no INFO in time".to_string())??;
+    let server_requires = info["tls_required"].as_bool() == Some(true);
+    if !target.tls_required && !server_requires {
+        return Ok(Opened::Plain(stream, buf, info));
+    }
+    if info["tls_available"].as_bool() != Some(true) && !server_requires {
+        return Err("TLS is required but the server offers none".into());
+    }
+    let config = match &target.tls {
+        Some(config) => config.clone(),
+        None => {
+            let config = super::tls::NatsTls::default().client_config()?;
+            target.tls = Some(config.clone());
+            config
+        }
+    };
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| format!("{host} as a TLS server name: {e}"))?;
+    let tls = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TlsConnector::from(config).connect(name, stream),
+    )
+    .await
+    .map_err(|_| "TLS handshake timed out".to_string())?
+    .map_err(|e| format!("TLS handshake: {e}"))?;
+    Ok(Opened::Tls(Box::new(tls), info))
+}
+
+async fn read_info(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<serde_json::Value, String> {
+    let line = loop {
+        if let Some(line) = take_line(buf) {
+            break line;
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err("closed before INFO".into()),
+            Ok(_) if buf.len() > MAX_LINE => return Err("INFO too long".into()),
+            Ok(_) => {}
+        }
+    };
+    match line.strip_prefix("INFO ") {
+        Some(json) => serde_json::from_str(json).map_err(|e| format!("INFO: {e}")),
+        None => Err("no INFO".into()),
+    }
+}
+
 enum Ended {
     /// The bus was dropped.
     Stopped,
-    Tls,
+    /// A connection that was up went down.
     Lost(String),
+    /// A server was reached but no connection came up (TLS, credentials refused).
+    Failed(String),
+    /// No server reached.
+    Unreachable(String),
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn session(
-    stream: TcpStream,
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    mut buf: BytesMut,
+    info: &serde_json::Value,
     target: &Target,
     subs: &mut Subs,
     commands: &mut mpsc::UnboundedReceiver<Command>,
     sink: &mpsc::Sender<BusMessage>,
-    connected: &AtomicBool,
-    generation: &AtomicU64,
+    state: &State,
     waiting: &mut Vec<oneshot::Sender<()>>,
 ) -> Ended {
-    let (mut read, mut write) = stream.into_split();
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    // INFO first.
-    let info = loop {
-        if let Some(line) = take_line(&mut buf) {
-            break line;
-        }
-        match read.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return Ended::Lost("closed before INFO".into()),
-            Ok(_) if buf.len() > MAX_LINE => return Ended::Lost("INFO too long".into()),
-            Ok(_) => {}
-        }
+    let (mut read, mut write) = tokio::io::split(stream);
+    let connect = match connect_line(info, target) {
+        Ok(connect) => connect,
+        Err(why) => return Ended::Failed(why),
     };
-    let info: serde_json::Value = match info.strip_prefix("INFO ") {
-        Some(json) => serde_json::from_str(json).unwrap_or_default(),
-        None => return Ended::Lost("no INFO".into()),
-    };
-    if info["tls_required"].as_bool() == Some(true) {
-        return Ended::Tls;
-    }
-    let mut connect = serde_json::json!({
-        "verbose": false, "pedantic": false, "lang": "rust", "version": env!("CARGO_PKG_VERSION"),
-        "protocol": 1, "headers": true, "no_responders": false, "name": target.name,
-    });
-    match &target.credentials {
-        Some(UrlCredentials::UserPassword { user, password }) => {
-            connect["user"] = user.as_str().into();
-            connect["pass"] = password.as_str().into();
-        }
-        Some(UrlCredentials::Token(token)) => connect["auth_token"] = token.as_str().into(),
-        None => {}
-    }
-    let mut out = format!("CONNECT {connect}\r\n");
+    let mut out = connect;
     for (subject, sid) in &subs.sids {
         out.push_str(&format!("SUB {subject} {sid}\r\n"));
     }
@@ -283,7 +391,7 @@ async fn session(
             n = read.read_buf(&mut buf) => {
                 if !matches!(n, Ok(k) if k > 0) {
                     requeue(waiting, pongs);
-                    return Ended::Lost("closed by the server".into());
+                    return lost(first_pong, "closed by the server".into());
                 }
                 loop {
                     match parse(&mut buf) {
@@ -303,8 +411,9 @@ async fn session(
                             unanswered = 0;
                             if first_pong {
                                 first_pong = false;
-                                connected.store(true, Ordering::Release);
-                                generation.fetch_add(1, Ordering::AcqRel);
+                                state.connected.store(true, Ordering::Release);
+                                state.generation.fetch_add(1, Ordering::AcqRel);
+                                state.refused(None);
                                 tracing::info!(subscriptions = subs.sids.len(), "NATS interest connection up");
                             }
                             for done in pongs.pop_front().unwrap_or_default() {
@@ -315,7 +424,7 @@ async fn session(
                             tracing::warn!(error = %e, "NATS interest connection: server error");
                             if e.to_ascii_lowercase().contains("authorization") {
                                 requeue(waiting, pongs);
-                                return Ended::Lost(e);
+                                return lost(first_pong, e);
                             }
                         }
                         Ok(Some(Op::Other)) => {}
@@ -328,6 +437,40 @@ async fn session(
             }
         }
     }
+}
+
+/// How a connection ended: before its first PONG it never came up.
+fn lost(first_pong: bool, why: String) -> Ended {
+    if first_pong {
+        Ended::Failed(why)
+    } else {
+        Ended::Lost(why)
+    }
+}
+
+/// The CONNECT line: the URL's user/password or token, or the credentials file's JWT and
+/// the nonce signed.
+fn connect_line(info: &serde_json::Value, target: &Target) -> Result<String, String> {
+    let mut connect = serde_json::json!({
+        "verbose": false, "pedantic": false, "lang": "rust", "version": env!("CARGO_PKG_VERSION"),
+        "protocol": 1, "headers": true, "no_responders": false, "name": target.name,
+        "tls_required": target.tls_required,
+    });
+    match &target.credentials {
+        Some(UrlCredentials::UserPassword { user, password }) => {
+            connect["user"] = user.as_str().into();
+            connect["pass"] = password.as_str().into();
+        }
+        Some(UrlCredentials::Token(token)) => connect["auth_token"] = token.as_str().into(),
+        None => {}
+    }
+    if let Some(creds) = &target.user_credentials {
+        connect["jwt"] = creds.jwt().into();
+        if let Some(nonce) = info["nonce"].as_str() {
+            connect["sig"] = creds.sign(nonce)?.into();
+        }
+    }
+    Ok(format!("CONNECT {connect}\r\n"))
 }
 
 /// Unconfirmed subscriptions wait for the next connection's first PONG.

@@ -4,9 +4,11 @@
 //! Subjects follow NATS rules in both engines (`*` one token, final `>` the rest), so code
 //! above this seam never knows which engine runs.
 
+pub mod creds;
 pub mod interest;
 pub mod memory;
 pub mod nats;
+pub mod tls;
 
 use std::pin::Pin;
 use std::time::Duration;

@@ -10,6 +10,9 @@
 //! `nats://token@host:4222`; async-nats ignores URL user info, so they are taken out here
 //! and passed as connect options), or a credentials file (JWT + NKey seed). A URL is only
 //! ever shown with its user info redacted ([`redact_url`]).
+//!
+//! TLS: a `tls://` URL or the `--nats-tls-*` files make every connection TLS; one rustls
+//! configuration serves the NATS client and the interest connection alike.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -20,7 +23,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 
+use super::creds::UserCredentials;
 use super::interest::{self, Interest};
+use super::tls::NatsTls;
 use super::{Bus, BusError, BusMessage, Outbound, Subscription};
 use crate::metrics::Metrics;
 
@@ -57,6 +62,8 @@ pub struct NatsOptions {
     pub creds: Option<PathBuf>,
     /// Prefix of this connection's reply subjects (default `_INBOX`).
     pub inbox_prefix: Option<String>,
+    /// TLS roots and client certificate.
+    pub tls: NatsTls,
 }
 
 /// `url` with its user info (user, password, token) replaced by `***`: the only form in
@@ -141,8 +148,8 @@ fn is_auth_refusal(error: &async_nats::ClientError) -> bool {
 #[derive(Clone)]
 pub struct NatsBus {
     client: async_nats::Client,
-    /// herald's own connection for interest subscriptions, when it could be used.
-    interest: Option<Arc<Interest>>,
+    /// herald's own connection for interest subscriptions.
+    interest: Arc<Interest>,
     /// Its message stream, until the Subscriber takes it.
     interest_stream: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<BusMessage>>>>,
     /// Connections made so far (1 after the first, +1 per reconnect).
@@ -171,12 +178,43 @@ impl NatsBus {
         metrics: Arc<Metrics>,
     ) -> Result<NatsBus, BusError> {
         let (addrs, url_credentials) = parse_urls(urls).map_err(BusError::Other)?;
-        let interest_target = interest_target(&addrs, name, &url_credentials, nats);
+        if addrs.is_empty() {
+            return Err(BusError::Other("no NATS URL".into()));
+        }
+        let tls_required = nats.tls.is_set() || addrs.iter().any(|a| a.tls_required());
+        let tls = if nats.tls.is_set() {
+            Some(nats.tls.client_config().map_err(BusError::Other)?)
+        } else {
+            None
+        };
+        let user_credentials = match &nats.creds {
+            Some(path) => Some(Arc::new(
+                UserCredentials::load(path).map_err(BusError::Other)?,
+            )),
+            None => None,
+        };
+        let interest_target = interest::Target {
+            servers: addrs
+                .iter()
+                .map(|a| (a.host().to_string(), a.port()))
+                .collect(),
+            name: name.to_string(),
+            credentials: url_credentials.clone(),
+            user_credentials,
+            tls_required,
+            tls: tls.clone(),
+        };
         let mut options = async_nats::ConnectOptions::new();
         if let Some(path) = &nats.creds {
             options = options.credentials_file(path).await.map_err(|e| {
                 BusError::Other(format!("NATS credentials file {}: {e}", path.display()))
             })?;
+        }
+        if tls_required {
+            options = options.require_tls(true);
+        }
+        if let Some(config) = &tls {
+            options = options.tls_client_config((**config).clone());
         }
         match url_credentials {
             Some(UrlCredentials::UserPassword { user, password }) => {
@@ -241,13 +279,26 @@ impl NatsBus {
         let client = async_nats::connect_with_options(addrs, options)
             .await
             .map_err(|e| BusError::Other(e.to_string()))?;
-        // retry_on_initial_connect returns before the first connection: wait for it so
-        // the pod only reports ready once NATS is really there.
+        let (interest, interest_stream) = Interest::start(interest_target, connections.clone());
+        // retry_on_initial_connect returns before the first connection: wait for both
+        // connections so the pod only reports ready once NATS is really there; a server
+        // that refuses them (credentials, TLS) ends the wait, and the pod serves as not
+        // ready while both keep trying.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while client.connection_state() != async_nats::connection::State::Connected {
+        let is_up = |client: &async_nats::Client| {
+            client.connection_state() == async_nats::connection::State::Connected
+        };
+        while !(is_up(&client) && interest.is_connected()) {
             if refused.load(Ordering::Acquire) {
                 tracing::error!(
                     "NATS refused the credentials; serving as not ready until it accepts them"
+                );
+                break;
+            }
+            if let Some(why) = interest.refusal() {
+                tracing::error!(
+                    why = %why,
+                    "NATS did not take herald's interest connection; serving as not ready until it does"
                 );
                 break;
             }
@@ -255,19 +306,15 @@ impl NatsBus {
                 tracing::warn!("NATS not reachable yet; serving as not ready until it is");
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if client.connection_state() == async_nats::connection::State::Connected {
+        if is_up(&client) {
             connections.fetch_max(1, Ordering::AcqRel);
         }
-        let (interest, interest_stream) = match interest_target {
-            Some(target) => start_interest(target, connections.clone()).await,
-            None => (None, None),
-        };
         Ok(NatsBus {
             client,
-            interest,
-            interest_stream: Arc::new(std::sync::Mutex::new(interest_stream)),
+            interest: Arc::new(interest),
+            interest_stream: Arc::new(std::sync::Mutex::new(Some(interest_stream))),
             connections,
             refused,
         })
@@ -276,64 +323,16 @@ impl NatsBus {
     /// The server refused the credentials and no connection succeeded since.
     pub fn credentials_refused(&self) -> bool {
         self.refused.load(Ordering::Acquire)
+            || self
+                .interest
+                .refusal()
+                .is_some_and(|why| why.to_ascii_lowercase().contains("authorization"))
     }
 
     /// The client, for JetStream (durable mode).
     pub fn client(&self) -> async_nats::Client {
         self.client.clone()
     }
-}
-
-/// Where herald's own interest connection goes, or None when it cannot be used: a
-/// credentials file (NKey signatures), or a `tls://` URL.
-fn interest_target(
-    addrs: &[async_nats::ServerAddr],
-    name: &str,
-    credentials: &Option<UrlCredentials>,
-    nats: &NatsOptions,
-) -> Option<interest::Target> {
-    if nats.creds.is_some() || addrs.iter().any(|a| a.tls_required()) {
-        tracing::info!("interest subscriptions use the NATS client (credentials file or TLS)");
-        return None;
-    }
-    let servers: Vec<(String, u16)> = addrs
-        .iter()
-        .map(|a| (a.host().to_string(), a.port()))
-        .collect();
-    if servers.is_empty() {
-        return None;
-    }
-    Some(interest::Target {
-        servers,
-        name: name.to_string(),
-        credentials: credentials.clone(),
-    })
-}
-
-/// How long a starting pod waits for its interest connection before going on (it keeps
-/// connecting in the background; a server that turns out to require TLS makes the bus
-/// fall back to the NATS client's subscriptions only when this is known in time).
-const INTEREST_START_WAIT: Duration = Duration::from_secs(5);
-
-async fn start_interest(
-    target: interest::Target,
-    generation: Arc<AtomicU64>,
-) -> (
-    Option<Arc<Interest>>,
-    Option<tokio::sync::mpsc::Receiver<BusMessage>>,
-) {
-    let (interest, stream) = Interest::start(target, generation);
-    let deadline = tokio::time::Instant::now() + INTEREST_START_WAIT;
-    while !interest.is_connected() && !interest.tls_refused() {
-        if tokio::time::Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    if interest.tls_refused() {
-        return (None, None);
-    }
-    (Some(Arc::new(interest)), Some(stream))
 }
 
 pub(crate) fn to_header_map(headers: &[(String, String)]) -> Option<async_nats::HeaderMap> {
@@ -435,16 +434,11 @@ impl Bus for NatsBus {
     }
 
     async fn add_interest(&self, subject: String) -> Result<(), BusError> {
-        match &self.interest {
-            Some(i) => i.add(subject, SUBSCRIBE_CONFIRM_TIMEOUT).await,
-            None => Err(BusError::Other("no interest connection".into())),
-        }
+        self.interest.add(subject, SUBSCRIBE_CONFIRM_TIMEOUT).await
     }
 
     fn remove_interest(&self, subject: &str) {
-        if let Some(i) = &self.interest {
-            i.remove(subject);
-        }
+        self.interest.remove(subject);
     }
 
     fn new_inbox(&self) -> String {
@@ -453,7 +447,7 @@ impl Bus for NatsBus {
 
     fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
-            && self.interest.as_ref().is_none_or(|i| i.is_connected())
+            && self.interest.is_connected()
     }
 
     fn engine(&self) -> &'static str {

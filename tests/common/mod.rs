@@ -1045,14 +1045,26 @@ impl Nats {
     /// `include ./<name>` for each of `files` (written next to the configuration), with
     /// `env` set in the server's environment (passwords the files read as `$VARIABLE`).
     pub async fn start_with_config(files: &[(&str, &str)], env: &[(&str, &str)]) -> Nats {
+        Self::configured(files, env, true).await
+    }
+
+    /// Like [`Nats::start_with_config`], without JetStream (e.g. operator mode, whose
+    /// accounts would need JetStream limits).
+    pub async fn start_with_config_no_js(files: &[(&str, &str)]) -> Nats {
+        Self::configured(files, &[], false).await
+    }
+
+    async fn configured(files: &[(&str, &str)], env: &[(&str, &str)], jetstream: bool) -> Nats {
         let port = free_port();
         let monitor_port = free_port();
         let dir = TempDir::new("nats-conf");
-        let mut conf = format!(
-            "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\n\
-             jetstream {{\n  store_dir: \"{}\"\n}}\n",
-            dir.0.join("js").display()
-        );
+        let mut conf = format!("listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\n");
+        if jetstream {
+            conf.push_str(&format!(
+                "jetstream {{\n  store_dir: \"{}\"\n}}\n",
+                dir.0.join("js").display()
+            ));
+        }
         for (name, body) in files {
             std::fs::write(dir.0.join(name), body).expect("config file");
             conf.push_str(&format!("include ./{name}\n"));
@@ -1092,7 +1104,9 @@ impl Nats {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        nats.wait_js(1).await;
+        if jetstream {
+            nats.wait_js(1).await;
+        }
         nats
     }
 
