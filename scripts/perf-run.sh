@@ -68,6 +68,8 @@
 #         PEER_N connections (KiB RSS per session) and PEER_BCAST_MESSAGES broadcasts at 2/s
 #         to PEER_CONNS sessions (latency), each over --transport sse and ws. Prints the
 #         table; the loader lines go to $OUT (in SSE then WebSocket order).
+# tls:    idle KiB per connection with both NATS connections over TLS (client certificate)
+#         against plain TCP, one pod, TLS_N (default 19,000) connections, TLS_REPS runs each.
 # soak:   not for CI. SOAK_CONNS (default 19,000) connections, SOAK_CHURN % of them (default 10)
 #         closed and reopened a minute, addressed SOAK_RATE/s (default 1,000) and
 #         SOAK_BROADCAST_RATE broadcasts/s (default 1) for SOAK_DURATION (default 30m):
@@ -861,6 +863,59 @@ js_summary() {
   fi
 }
 
+# tls: idle memory per connection with herald's NATS connections over TLS (client
+#      certificate, server verifying it; a test CA made here with openssl) against the same
+#      over plain TCP, one pod, TLS_N (default 19,000) idle connections, TLS_REPS (default 2)
+#      runs each, alternating. The loader lines go to $OUT, marked "nats_tls".
+tls() {
+  local d=$WORK/pki n=${TLS_N:-19000} reps=${TLS_REPS:-2} r mode tls_port=$((NATS_PORT + 5))
+  mkdir -p "$d"
+  ( cd "$d"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key \
+      -out ca.pem -days 2 -subj /CN=perf-ca -addext basicConstraints=critical,CA:TRUE \
+      -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+    for name in server client; do
+      usage=serverAuth; [ $name = client ] && usage=clientAuth
+      printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=%s\nsubjectAltName=IP:127.0.0.1\n' \
+        "$usage" >$name.ext
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout $name.key \
+        -out $name.csr -subj /CN=perf-$name 2>/dev/null
+      openssl x509 -req -in $name.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $name.pem \
+        -days 2 -extfile $name.ext 2>/dev/null
+    done )
+  cat >"$WORK/tls.conf" <<CONF
+listen: 127.0.0.1:$tls_port
+tls {
+  cert_file: "$d/server.pem"
+  key_file: "$d/server.key"
+  ca_file: "$d/ca.pem"
+  verify: true
+}
+CONF
+  nats-server -c "$WORK/tls.conf" >"$WORK/nats-tls.log" 2>&1 &
+  PIDS+=($!)
+  local saved=("${BUS[@]}")
+  for r in $(seq 1 "$reps"); do
+    for mode in plain tls; do
+      if [ $mode = tls ]; then
+        BUS=(--nats-url "tls://127.0.0.1:$tls_port" --nats-tls-ca "$d/ca.pem"
+             --nats-tls-cert "$d/client.pem" --nats-tls-key "$d/client.key")
+      else
+        BUS=("${saved[@]}")
+      fi
+      echo "== nats_tls: $mode, $n idle connections (run $r)"
+      start_pods 1
+      curl -sf "http://127.0.0.1:$BASE_PORT/readyz" >/dev/null || {
+        echo "pod not ready over $mode:" >&2; cat "$WORK/pod-0.log" >&2; exit 1; }
+      # shellcheck disable=SC2046
+      "$LOAD" "${HUBS[@]}" --jwt-secret "$SECRET" $(pid_args) --user-prefix "tls$r" \
+        idle --connections "$n" --hold 3s | sed "s/^{/{\"nats_tls\":\"$mode\",/" | record
+      stop_pods
+    done
+  done
+  BUS=("${saved[@]}")
+}
+
 case "$MODE" in
   single) single ;;
   scale) scale ;;
@@ -871,6 +926,7 @@ case "$MODE" in
   store) store ;;
   receipts) receipts ;;
   access) access ;;
+  tls) tls ;;
   peer) peer ;;
   sse) sse ;;
   soak) soak ;;
