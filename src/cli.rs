@@ -133,7 +133,7 @@ async fn publish_async(args: PublishArgs) -> Result<Published, String> {
         if args.user.is_none() {
             return Err("--await applies to --user messages only".into());
         }
-        a.check()?;
+        a.check(crate::receipts::MAX_AWAIT)?;
     }
     let body = PublishBody {
         user: args.user,
@@ -194,7 +194,7 @@ async fn publish_async(args: PublishArgs) -> Result<Published, String> {
                 .subscribe(subjects.receipts(user), None)
                 .await
                 .map_err(|e| format!("subscribing to the user's receipts: {e}"))?;
-            Some((sub, a.check()?))
+            Some((sub, a.check(crate::receipts::MAX_AWAIT)?))
         }
         _ => None,
     };

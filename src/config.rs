@@ -340,6 +340,10 @@ pub struct ServeArgs {
     /// set it to the longest lifetime of the tokens you issue.
     #[arg(long, env = "HERALD_REVOCATION_TTL", default_value = "24h", value_parser = duration)]
     pub revocation_ttl: Duration,
+    /// Longest wait for a delivery receipt a publish may ask for (`await.timeout_ms`, 60 s at
+    /// most); a publish that gives no timeout waits 10 s or this, whichever is shorter.
+    #[arg(long, env = "HERALD_MAX_AWAIT", default_value = "60s", value_parser = duration)]
+    pub max_await: Duration,
     /// NATS mode: shed sessions with 1012 when this pod holds more than --rebalance-above
     /// times the cluster's mean (after a scale-out).
     #[arg(long, env = "HERALD_REBALANCE", default_value_t = true, action = clap::ArgAction::Set)]
@@ -540,6 +544,8 @@ pub struct Config {
     pub connect_rate: u32,
     /// How long a revocation without `expires` is kept.
     pub revocation_ttl: Duration,
+    /// Longest `await.timeout_ms` a publish may ask for.
+    pub max_await: Duration,
     /// Rebalancing after scale-out (NATS mode), when enabled.
     pub rebalance: Option<crate::control::rebalance::Rebalance>,
     pub log_format: LogFormat,
@@ -570,6 +576,7 @@ impl std::fmt::Debug for Config {
             .field("listen_backlog", &self.listen_backlog)
             .field("connect_rate", &self.connect_rate)
             .field("revocation_ttl", &self.revocation_ttl)
+            .field("max_await", &self.max_await)
             .field("rebalance", &self.rebalance)
             .field("log_format", &self.log_format)
             .finish_non_exhaustive()
@@ -669,6 +676,10 @@ impl Config {
         if args.upstream_rate == 0 {
             problems.push("--upstream-rate must be at least 1".into());
         }
+        if args.max_await < Duration::from_millis(1) || args.max_await > crate::receipts::MAX_AWAIT
+        {
+            problems.push("--max-await must be from 1ms to 60s".into());
+        }
         if args.retention.is_zero() {
             problems.push("--retention must be above zero".into());
         }
@@ -758,6 +769,7 @@ impl Config {
             listen_backlog: args.listen_backlog,
             connect_rate: args.connect_rate,
             revocation_ttl: args.revocation_ttl,
+            max_await: args.max_await,
             rebalance: args
                 .rebalance
                 .then_some(crate::control::rebalance::Rebalance {

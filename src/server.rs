@@ -185,6 +185,8 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
         connect_rate: crate::http::connect_rate::ConnectRate::new(config.connect_rate),
         access: access.clone(),
         revocation_ttl: config.revocation_ttl,
+        max_await: config.max_await,
+        openapi: crate::http::openapi::document_for(config.max_await),
     });
     if config.api_key.is_none() && !local.ip().is_loopback() {
         tracing::warn!("no API key configured: /api/v1 answers 401 (set --api-key)");

@@ -86,3 +86,38 @@ async fn the_hub_serves_the_document_and_answers_every_operation_in_it() {
     let body: Value = r.json().await.expect("JSON error");
     assert!(body["error"].is_string());
 }
+
+#[tokio::test]
+async fn a_pod_with_a_lower_max_await_documents_and_enforces_it() {
+    let hub = Hub::secured(&["--max-await", "100ms"]).await;
+    let (status, served) = hub.get_json("/api/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        served["components"]["schemas"]["Await"]["properties"]["timeout_ms"]["maximum"],
+        100
+    );
+    let publish = |ms: u64| {
+        hub.publish(serde_json::json!({"user": "u1", "data": 1, "await": {"timeout_ms": ms}}))
+    };
+    let (status, body) = publish(101).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("1 to 100"),
+        "{body}"
+    );
+    // Within the limit it waits and answers 202 without a receipt; no timeout waits at most it.
+    let (status, body) = publish(100).await;
+    assert_eq!(status, 202, "{body}");
+    let started = std::time::Instant::now();
+    let (status, body) = hub
+        .publish(serde_json::json!({"user": "u1", "data": 1, "await": {}}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "the default wait is capped by --max-await"
+    );
+}

@@ -114,12 +114,15 @@ fn publish_body_problem(body: &[u8], e: serde_json::Error) -> String {
     format!("body is not a valid publish request: {e}")
 }
 
-/// How long a publish waits for a receipt without `timeout_ms`.
+/// How long a publish waits for a receipt without `timeout_ms` (at most `--max-await`).
 pub const DEFAULT_AWAIT_MS: u64 = 10_000;
 
 impl AwaitBody {
-    /// What to wait for, and how long; a reason when the object is not valid.
-    pub fn check(&self) -> Result<(crate::receipts::Wanted, std::time::Duration), String> {
+    /// What to wait for, and how long (at most `max`); a reason when the object is not valid.
+    pub fn check(
+        &self,
+        max: std::time::Duration,
+    ) -> Result<(crate::receipts::Wanted, std::time::Duration), String> {
         if let Some(s) = &self.status {
             if !herald_proto::frame::is_valid_status(s) {
                 return Err("await.status: 1 to 32 bytes of a-z 0-9 _ -".into());
@@ -128,8 +131,8 @@ impl AwaitBody {
         if let Some(d) = &self.device {
             DeviceId::parse(d).map_err(|e| format!("await.device: {e}"))?;
         }
-        let max = crate::receipts::MAX_AWAIT.as_millis() as u64;
-        let ms = self.timeout_ms.unwrap_or(DEFAULT_AWAIT_MS);
+        let max = max.as_millis() as u64;
+        let ms = self.timeout_ms.unwrap_or(DEFAULT_AWAIT_MS.min(max));
         if ms == 0 || ms > max {
             return Err(format!("await.timeout_ms: 1 to {max}"));
         }
@@ -215,7 +218,7 @@ pub async fn publish(req: HttpRequest, body: Bytes, state: web::Data<AppState>) 
         Some(_) if body.user.is_none() => {
             return bad_request("await applies to user messages only")
         }
-        Some(a) => match a.check() {
+        Some(a) => match a.check(state.max_await) {
             Ok(w) => Some(w),
             Err(e) => return bad_request(e),
         },

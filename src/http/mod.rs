@@ -56,6 +56,10 @@ pub struct AppState {
     /// `--revocation-ttl`: how long a revocation is kept when the revoked tokens'
     /// expiry is not given.
     pub revocation_ttl: std::time::Duration,
+    /// `--max-await`: the longest receipt wait a publish may ask for.
+    pub max_await: std::time::Duration,
+    /// The API's OpenAPI document as served: docs/openapi.json with this pod's limits.
+    pub openapi: String,
 }
 
 impl AppState {
