@@ -4,58 +4,22 @@
 //! a third pod starts, and within 60 s the pods' sessions even out to within
 //! `--rebalance-above` (1.2) × the mean by the first pods shedding with 1012 `rebalance`.
 //! In durable mode, the same with steady addressed traffic to every user: the shed
-//! clients resume with `since=` and not one message is lost or repeated.
+//! clients resume with `since=` and not one message is lost or repeated. And no ping-pong:
+//! three equal pods under five minutes of churn (clients closing and reconnecting all the
+//! time) shed nothing.
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::haproxy::{rand_ms, Haproxy};
 use common::*;
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
 const CLIENTS: usize = 3000;
-const HAPROXY: &str = "/usr/sbin/haproxy";
-
-/// HAProxy and the directory of its configuration (removed when it stops).
-struct Haproxy(Child, #[allow(dead_code)] TempDir);
-
-impl Haproxy {
-    fn start(port: u16, pods: &[u16]) -> Haproxy {
-        let dir = TempDir::new("haproxy");
-        let servers: String = pods
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                format!("  server pod{i} 127.0.0.1:{p} check inter 300ms fall 2 rise 2\n")
-            })
-            .collect();
-        let conf = format!(
-            "global\n  maxconn 9000\n\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\n\nfrontend fe\n  bind 127.0.0.1:{port}\n  default_backend pods\n\nbackend pods\n  balance roundrobin\n  option httpchk GET /readyz\n{servers}"
-        );
-        let path = dir.0.join("haproxy.cfg");
-        std::fs::write(&path, conf).expect("haproxy config");
-        let child = Command::new(HAPROXY)
-            .arg("-f")
-            .arg(&path)
-            .arg("-db")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("haproxy starts");
-        Haproxy(child, dir)
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn pod(nats: &Nats, port: u16, name: &str) -> Hub {
     pod_with(nats, port, name, &[]).await
@@ -106,36 +70,18 @@ fn client(lb: u16, user: String, reconnects: Arc<AtomicU64>, open: Arc<AtomicU64
     });
 }
 
-fn rand_ms(max: u64) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    u64::from(nanos) % max
-}
-
 async fn connections(hub: &Hub) -> f64 {
     hub.metric("herald_connections").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_third_pod_gets_its_share_within_a_minute() {
-    if !std::path::Path::new(HAPROXY).exists() {
-        panic!("{HAPROXY} is missing: scripts/test.sh installs Debian's haproxy");
-    }
     let nats = Nats::start().await;
     let ports = [free_port(), free_port(), free_port()];
     let a = pod(&nats, ports[0], "pod-a").await;
     let b = pod(&nats, ports[1], "pod-b").await;
     let lb_port = free_port();
-    let _lb = Haproxy::start(lb_port, &ports);
-    wait_for_status(
-        &format!("http://127.0.0.1:{lb_port}/readyz"),
-        200,
-        WAIT,
-        "haproxy in front of the pods",
-    )
-    .await;
+    let _lb = Haproxy::start_ready(lb_port, &ports).await;
     let reconnects = Arc::new(AtomicU64::new(0));
     let open = Arc::new(AtomicU64::new(0));
     for i in 0..CLIENTS {
@@ -247,14 +193,7 @@ async fn in_durable_mode_shed_clients_lose_and_repeat_nothing() {
     let a = pod_with(&nats, ports[0], "pod-a", &durable).await;
     let b = pod_with(&nats, ports[1], "pod-b", &durable).await;
     let lb_port = free_port();
-    let _lb = Haproxy::start(lb_port, &ports);
-    wait_for_status(
-        &format!("http://127.0.0.1:{lb_port}/readyz"),
-        200,
-        WAIT,
-        "haproxy in front of the pods",
-    )
-    .await;
+    let _lb = Haproxy::start_ready(lb_port, &ports).await;
     let got: Received = Arc::default();
     let open = Arc::new(AtomicU64::new(0));
     let users: Vec<String> = (0..USERS).map(|i| format!("dl{i}")).collect();
@@ -327,4 +266,110 @@ async fn in_durable_mode_shed_clients_lose_and_repeat_nothing() {
     for u in &users {
         assert_eq!(got.get(u), Some(&want), "{u}: every message once, in order");
     }
+}
+
+/// A client that churns: connects through the balancer, stays 5–25 s, closes, and comes
+/// back 0.2–2 s later, for as long as the test runs. Counts its connects.
+fn churning_client(lb: u16, user: String, connects: Arc<AtomicU64>) {
+    tokio::spawn(async move {
+        let url = format!(
+            "ws://127.0.0.1:{lb}/websocket/{user}?token={}",
+            token(&user, 3600, None)
+        );
+        // The first stay is spread over the whole range, so closes are spread in time.
+        let mut stay = Duration::from_millis(rand_ms(25_000));
+        loop {
+            if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await {
+                connects.fetch_add(1, Ordering::Relaxed);
+                let until = tokio::time::sleep(stay);
+                tokio::pin!(until);
+                loop {
+                    tokio::select! {
+                        _ = &mut until => {
+                            let _ = ws.close(None).await;
+                            break;
+                        }
+                        m = ws.next() => match m {
+                            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                            _ => {}
+                        },
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200 + rand_ms(1800))).await;
+            stay = Duration::from_millis(5_000 + rand_ms(20_000));
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balanced_cluster_under_churn_sheds_nothing_for_five_minutes() {
+    const USERS: usize = 1500;
+    // HERALD_TEST_CHURN_SECS shortens the run when iterating locally; CI runs five minutes.
+    let secs: u64 = std::env::var("HERALD_TEST_CHURN_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let nats = Nats::start().await;
+    let ports = [free_port(), free_port(), free_port()];
+    let pods = [
+        pod(&nats, ports[0], "pod-a").await,
+        pod(&nats, ports[1], "pod-b").await,
+        pod(&nats, ports[2], "pod-c").await,
+    ];
+    let lb_port = free_port();
+    let _lb = Haproxy::start_ready(lb_port, &ports).await;
+    let connects = Arc::new(AtomicU64::new(0));
+    for i in 0..USERS {
+        churning_client(lb_port, format!("churn{i}"), connects.clone());
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut held = 0.0;
+        for p in &pods {
+            held += connections(p).await;
+        }
+        // Some are always between a close and their next connect.
+        if held >= USERS as f64 * 0.9 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the clients did not connect: {held}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let started = Instant::now();
+    let connects_before = connects.load(Ordering::Relaxed);
+    let mut worst = 0.0f64;
+    while started.elapsed() < Duration::from_secs(secs) {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mut counts = [0.0; 3];
+        for (i, p) in pods.iter().enumerate() {
+            counts[i] = connections(p).await;
+            let shed = p.metric("herald_rebalance_shed_total").await;
+            assert_eq!(
+                shed,
+                0.0,
+                "pod {i} shed {shed} sessions after {:.0} s of churn; pods {counts:?}",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        let mean = counts.iter().sum::<f64>() / 3.0;
+        if mean > 0.0 {
+            worst = worst.max(counts.iter().cloned().fold(0.0, f64::max) / mean);
+        }
+    }
+    let churned = connects.load(Ordering::Relaxed) - connects_before;
+    eprintln!(
+        "churn: {churned} connects in {secs} s over three pods, nothing shed; the fullest pod at most {worst:.2} x the mean"
+    );
+    // Churn means every client came and went several times over the run.
+    assert!(
+        churned as f64 >= USERS as f64 * secs as f64 / 30.0,
+        "too little churn for the check to mean anything: {churned} connects"
+    );
 }

@@ -48,15 +48,6 @@ async fn silent_client(port: u16, user: &str) -> TcpStream {
     s
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcasts_faster_than_clients_read_do_not_grow_the_hub() {
     let queue = QUEUE.to_string();

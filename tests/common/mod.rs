@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod haproxy;
 pub mod kept;
 pub mod sse;
 
@@ -23,6 +24,16 @@ pub const SECRET: &str = "test-secret-0123456789";
 pub const API_KEY: &str = "test-api-key";
 /// Generous upper bound for one expected event.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Resident memory of a process in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
 
 /// Poll `url` until it answers `status`, or fail after `within` saying `what` was awaited.
 pub async fn wait_for_status(url: &str, status: u16, within: Duration, what: &str) {
