@@ -4,7 +4,8 @@
 #   bash e2e/run.sh e2e/demo.e2e.mjs     # only these (paths relative to clients/js)
 #   E2E_FILES="e2e/demo.e2e.mjs" bash e2e/run.sh
 # Needs: target/debug/herald (or HERALD_BIN), Node 20+, Debian's chromium, playwright-core;
-# durable.e2e.mjs and sse.e2e.mjs also need nats-server (HERALD_TEST_NATS_SERVER, /usr/sbin or PATH).
+# durable.e2e.mjs, sse.e2e.mjs and rebalance.e2e.mjs also need nats-server (HERALD_TEST_NATS_SERVER,
+# /usr/sbin or PATH); rebalance.e2e.mjs also needs haproxy (HAPROXY, default /usr/sbin/haproxy).
 # playwright-core drives the system browser and never downloads one.
 set -euo pipefail
 cd "$(dirname "$0")/.."   # clients/js
@@ -24,7 +25,7 @@ fi
 if [ "$#" -gt 0 ]; then
   files=("$@")
 else
-  read -r -a files <<< "${E2E_FILES:-e2e/demo.e2e.mjs e2e/durable.e2e.mjs e2e/sse.e2e.mjs e2e/receipts.e2e.mjs e2e/compression.e2e.mjs}"
+  read -r -a files <<< "${E2E_FILES:-e2e/demo.e2e.mjs e2e/durable.e2e.mjs e2e/sse.e2e.mjs e2e/receipts.e2e.mjs e2e/compression.e2e.mjs e2e/rebalance.e2e.mjs}"
 fi
 
 # Files are named explicitly: Node 20 only finds *.test.js-style names in a directory, and
